@@ -1,0 +1,239 @@
+"""Flax T5 encoder (v1.0 ``relu`` as in GTR / INSTRUCTOR, and v1.1 ``gated-gelu``).
+
+Numerically follows Hugging Face ``T5EncoderModel``:
+- RMS layer norm without mean or bias, variance in fp32; pre-norm residual blocks and a final norm;
+- no ``1/sqrt(d_kv)`` scaling of attention scores; softmax in fp32;
+- bidirectional relative-position buckets, one bias table in layer 0 shared by every layer;
+- padding masked by adding the dtype minimum; no biases anywhere; dropout only when ``deterministic=False``.
+
+Every parameter carries logical axis names (``vocab``, ``embed``, ``mlp``, ``heads``, ``kv``, ``rel_buckets``) and
+the main activations are constrained with ``batch``, ``length``, ``embed``, ``heads``, ``mlp``, so the trainer shards
+them with logical-axis rules (see ``sharding.py``). Without rules in context the constraints are no-ops.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """The encoder half of a Hugging Face ``T5Config`` (field names as in ``config.json``)."""
+  vocab_size: int = 32128
+  d_model: int = 768
+  d_kv: int = 64
+  d_ff: int = 3072
+  num_layers: int = 12
+  num_heads: int = 12
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.1
+  layer_norm_epsilon: float = 1e-6
+  feed_forward_proj: str = "relu"
+  # Compute and parameter dtypes (not part of the HF config).
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  # Rematerialise each block in the backward pass (training memory); "none" | "full" | "dots".
+  remat: str = "none"
+
+  def __post_init__(self):
+    if self.feed_forward_proj not in ("relu", "gated-gelu"):
+      raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} is not supported (relu, gated-gelu)")
+    if self.remat not in ("none", "full", "dots"):
+      raise ValueError(f"remat must be none|full|dots, got {self.remat!r}")
+
+  @property
+  def gated(self) -> bool:
+    return self.feed_forward_proj == "gated-gelu"
+
+  @classmethod
+  def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "T5Config":
+    """Builds the config from a parsed HF ``config.json``."""
+    proj = hf.get("feed_forward_proj", "relu")
+    if proj == "gated-gelu" or (proj.startswith("gated-") and proj.endswith("gelu_new")):
+      proj = "gated-gelu"
+    elif proj != "relu":
+      raise ValueError(f"config.json: feed_forward_proj {proj!r} is not supported (relu, gated-gelu)")
+    if hf.get("is_gated_act") and proj != "gated-gelu":
+      raise ValueError("config.json: is_gated_act without gated-gelu is not supported")
+    kw = dict(
+        vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_kv=hf["d_kv"], d_ff=hf["d_ff"],
+        num_layers=hf["num_layers"], num_heads=hf["num_heads"],
+        relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+        dropout_rate=hf.get("dropout_rate", 0.1), layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+        feed_forward_proj=proj)
+    kw.update(overrides)
+    return cls(**kw)
+
+  def to_hf(self) -> dict:
+    """The HF ``config.json`` fields of a ``T5EncoderModel`` with this shape."""
+    return dict(
+        architectures=["T5EncoderModel"], model_type="t5", vocab_size=self.vocab_size, d_model=self.d_model,
+        d_kv=self.d_kv, d_ff=self.d_ff, num_layers=self.num_layers, num_decoder_layers=self.num_layers,
+        num_heads=self.num_heads, relative_attention_num_buckets=self.relative_attention_num_buckets,
+        relative_attention_max_distance=self.relative_attention_max_distance, dropout_rate=self.dropout_rate,
+        layer_norm_epsilon=self.layer_norm_epsilon, feed_forward_proj=self.feed_forward_proj,
+        is_encoder_decoder=True, initializer_factor=1.0, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0, use_cache=False, tie_word_embeddings=not self.gated,
+        dense_act_fn="gelu_new" if self.gated else "relu", is_gated_act=self.gated)
+
+
+def relative_position_buckets(q_len: int, k_len: int, num_buckets: int, max_distance: int) -> np.ndarray:
+  """Bidirectional T5 buckets ``[q_len, k_len]`` (int32), computed on the host for static lengths.
+
+  Follows HF ``_relative_position_bucket(bidirectional=True)`` exactly, including its float32 arithmetic
+  (``log(r / max_exact) / log(max_distance / max_exact) * (num_buckets - max_exact)`` in float32, truncated).
+  """
+  context = np.arange(q_len, dtype=np.int64)[:, None]
+  memory = np.arange(k_len, dtype=np.int64)[None, :]
+  rel = memory - context
+  half = num_buckets // 2
+  buckets = (rel > 0).astype(np.int64) * half
+  rel = np.abs(rel)
+  max_exact = half // 2
+  is_small = rel < max_exact
+  with np.errstate(divide="ignore"):
+    scaled = np.log(rel.astype(np.float32) / np.float32(max_exact)) / np.float32(math.log(max_distance / max_exact))
+    scaled = scaled * np.float32(half - max_exact)
+  large = max_exact + np.where(is_small, 0, scaled).astype(np.int64)  # masked values are never used
+  large = np.minimum(large, half - 1)
+  buckets = buckets + np.where(is_small, rel, large)
+  return buckets.astype(np.int32)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: ``x / sqrt(mean(x^2) + eps) * scale``, variance in fp32, no mean, no bias."""
+  epsilon: float
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.epsilon)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def _dense_init(std_fn):
+  return lambda key, shape, dtype: std_fn(shape) * jax.random.normal(key, shape, dtype)
+
+
+class SelfAttention(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool):
+    cfg = self.config
+    h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
+    # Initialisation as in HF T5 (initializer_factor 1.0).
+    qkv = functools.partial(
+        nn.DenseGeneral, features=(h, dk), axis=-1, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    q = qkv(name="q", kernel_init=nn.with_logical_partitioning(
+        _dense_init(lambda s: (d * dk) ** -0.5), ("embed", "heads", "kv")))(x)
+    k = qkv(name="k", kernel_init=nn.with_logical_partitioning(
+        _dense_init(lambda s: d ** -0.5), ("embed", "heads", "kv")))(x)
+    v = qkv(name="v", kernel_init=nn.with_logical_partitioning(
+        _dense_init(lambda s: d ** -0.5), ("embed", "heads", "kv")))(x)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
+    # No 1/sqrt(d_kv) scaling in T5. Scores and softmax in fp32 as HF does (`softmax(scores.float())`).
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores + bias
+    weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return nn.DenseGeneral(
+        features=d, axis=(-2, -1), use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="o",
+        kernel_init=nn.with_logical_partitioning(_dense_init(lambda s: (h * dk) ** -0.5), ("heads", "kv", "embed")),
+    )(out)
+
+
+class FeedForward(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    cfg = self.config
+    dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    wi_init = nn.with_logical_partitioning(_dense_init(lambda s: cfg.d_model ** -0.5), ("embed", "mlp"))
+    if cfg.gated:
+      # gelu_new is the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+      hidden = jax.nn.gelu(dense(cfg.d_ff, name="wi_0", kernel_init=wi_init)(x), approximate=True)
+      hidden = hidden * dense(cfg.d_ff, name="wi_1", kernel_init=wi_init)(x)
+    else:
+      hidden = jax.nn.relu(dense(cfg.d_ff, name="wi", kernel_init=wi_init)(x))
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
+    wo_init = nn.with_logical_partitioning(_dense_init(lambda s: cfg.d_ff ** -0.5), ("mlp", "embed"))
+    return dense(cfg.d_model, name="wo", kernel_init=wo_init)(hidden)
+
+
+class Block(nn.Module):
+  """Pre-norm self-attention and feed-forward, each with dropout on its residual branch."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool):
+    cfg = self.config
+    norm = functools.partial(RMSNorm, cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype)
+    drop = nn.Dropout(cfg.dropout_rate)
+    y = SelfAttention(cfg, name="attention")(norm(name="attention_norm")(x), bias, deterministic)
+    x = x + drop(y, deterministic=deterministic)
+    y = FeedForward(cfg, name="mlp")(norm(name="mlp_norm")(x), deterministic)
+    x = x + drop(y, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class T5Encoder(nn.Module):
+  """``tokens [B, L] int32``, ``mask [B, L]`` (1 = attend) -> last hidden states ``[B, L, d_model]``."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, tokens, mask, deterministic: bool = True):
+    cfg = self.config
+    _, length = tokens.shape
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="token_embedder",
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")))
+    x = embed(tokens.astype(jnp.int32))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+    # Relative position bias, computed once (layer 0's table) and shared by every layer: [1, H, L, L].
+    table = self.param(
+        "relative_attention_bias",
+        nn.with_logical_partitioning(nn.initializers.normal(cfg.d_model ** -0.5), ("rel_buckets", "heads")),
+        (cfg.relative_attention_num_buckets, cfg.num_heads), cfg.param_dtype)
+    buckets = relative_position_buckets(
+        length, length, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
+    pos_bias = jnp.take(table.astype(jnp.float32), jnp.asarray(buckets), axis=0)  # [L, L, H]
+    pos_bias = jnp.transpose(pos_bias, (2, 0, 1))[None]
+    # Padding: add the dtype minimum (fp32 scores, so fp32's minimum), as HF's extended attention mask does.
+    neg = jnp.finfo(jnp.float32).min
+    mask_bias = jnp.where(mask[:, None, None, :].astype(bool), 0.0, neg).astype(jnp.float32)
+    bias = pos_bias + mask_bias  # [B, H, L, L] by broadcasting inside the einsum add
+
+    block = Block
+    if cfg.remat != "none":
+      policy = None if cfg.remat == "full" else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+      block = nn.remat(Block, static_argnums=(3,), policy=policy)
+    for i in range(cfg.num_layers):
+      x = block(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))

@@ -1,0 +1,116 @@
+"""Tokenisation and the INSTRUCTOR instruction-length rule.
+
+The rule (InstructorEmbedding 1.0.1 behaviour) for an input ``[instruction, text]``:
+
+1. ``joined = (instruction + text.strip()).strip()`` (the instruction is *not* stripped before joining);
+2. ``joined`` is tokenised with the checkpoint's T5 tokenizer: ``</s>`` appended, truncated to ``max_length``
+   with ``</s>`` kept inside the limit;
+3. ``n = len(tokens(instruction.strip())) - 1`` (same tokenizer, same truncation, minus its ``</s>``) and
+   ``n = 0`` whenever ``n <= 1``;
+4. the encoder attends to every token; pooling skips the first ``n`` positions.
+
+A plain string is ``text.strip()`` tokenised the same way, with ``n = 0``.
+
+Everything here is pure Python (no JAX), so the data pipeline (`data.py`, seqio tasks) and the embedder share it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Sequence, Union
+
+# An input is either a plain string or an ``[instruction, text]`` pair.
+Input = Union[str, Sequence[str]]
+
+DEFAULT_MAX_LENGTH = 512
+
+
+def join_instruction(instruction: str, text: str) -> str:
+  """The text the encoder sees: ``(instruction + text.strip()).strip()``."""
+  return (instruction + text.strip()).strip()
+
+
+def instruction_length(num_instruction_tokens: int) -> int:
+  """Pooling offset ``n`` from the token count of ``instruction.strip()`` *including* its ``</s>``.
+
+  ``n = count - 1`` (drop ``</s>``); instructions of one token or none do not mask anything (``n <= 1 -> 0``).
+  """
+  n = int(num_instruction_tokens) - 1
+  return 0 if n <= 1 else n
+
+
+def split_input(item: Input, where: str = "input") -> tuple[str | None, str]:
+  """Validates one input and returns ``(instruction or None, text)``."""
+  if isinstance(item, str):
+    return None, item
+  if isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(s, str) for s in item):
+    return item[0], item[1]
+  raise ValueError(f"{where}: expected a string or an [instruction, text] pair of strings, got {item!r:.200}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """One tokenised input: ids with ``</s>`` (no padding) and the pooling offset ``instr_len``."""
+  ids: tuple[int, ...]
+  instr_len: int
+
+
+class Tokenizer:
+  """The checkpoint's T5 tokenizer plus the instruction rule.
+
+  Wraps a Hugging Face *fast* tokenizer loaded with ``from_pretrained(folder)`` (in transformers 5,
+  ``T5Tokenizer(vocab_file=...)`` silently gives wrong ids, so never build it from the vocab file directly).
+  """
+
+  def __init__(self, hf_tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
+    if max_length < 2:
+      raise ValueError(f"max_length must be >= 2 (room for one token and </s>), got {max_length}")
+    self.hf = hf_tokenizer
+    self.max_length = int(max_length)
+    self.pad_id = int(hf_tokenizer.pad_token_id)
+    self.eos_id = int(hf_tokenizer.eos_token_id)
+
+  @classmethod
+  def from_pretrained(cls, folder: str | os.PathLike, max_length: int = DEFAULT_MAX_LENGTH) -> "Tokenizer":
+    from transformers import AutoTokenizer  # local import: keeps `import instructor_jax` light
+    folder = os.fspath(folder)
+    try:
+      hf = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # pragma: no cover - message enrichment only
+      raise ValueError(f"could not load a tokenizer from {folder!r}: {e}") from e
+    if hf.eos_token_id is None or hf.pad_token_id is None:
+      raise ValueError(f"tokenizer in {folder!r} has no eos or pad token; not a T5 tokenizer")
+    return cls(hf, max_length=max_length)
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.hf)
+
+  def _ids(self, texts: list[str]) -> list[list[int]]:
+    if not texts:
+      return []
+    out = self.hf(texts, truncation=True, max_length=self.max_length, padding=False,
+                  add_special_tokens=True, return_attention_mask=False)["input_ids"]
+    return [list(x) for x in out]
+
+  def encode(self, inputs: Iterable[Input]) -> list[Encoded]:
+    """Tokenises strings and ``[instruction, text]`` pairs (batched calls to the fast tokenizer)."""
+    inputs = list(inputs)
+    joined, instr_idx, instructions = [], [], []
+    for i, item in enumerate(inputs):
+      instruction, text = split_input(item, where=f"input {i}")
+      if instruction is None:
+        joined.append(text.strip())
+      else:
+        joined.append(join_instruction(instruction, text))
+        instr_idx.append(i)
+        instructions.append(instruction.strip())
+    ids = self._ids(joined)
+    n = [0] * len(inputs)
+    for i, instr_ids in zip(instr_idx, self._ids(instructions)):
+      n[i] = instruction_length(len(instr_ids))
+    return [Encoded(tuple(x), k) for x, k in zip(ids, n)]
+
+  def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
+    """Plain tokenisation (strip, ``</s>``, truncation) without any instruction handling."""
+    return self._ids([t.strip() for t in texts])
