@@ -47,7 +47,10 @@ def make_checkpoint(out: str, feed_forward_proj: str = "relu", layout: str = "in
         p.copy_(torch.randn_like(p))
   os.makedirs(out, exist_ok=True)
   t5_dir = os.path.join(out, "0_Transformer") if layout == "gtr" else out
-  model.save_pretrained(t5_dir, safe_serialization=safetensors)
+  model.save_pretrained(t5_dir)
+  if not safetensors:  # transformers 5 always writes safetensors: rewrite as a torch pickle like older checkpoints
+    os.remove(os.path.join(t5_dir, "model.safetensors"))
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(t5_dir, "pytorch_model.bin"))
   for f in TOKENIZER_FILES:
     shutil.copy(os.path.join(VOCAB_DIR, f), t5_dir)
   if layout in ("t5", "t5-full"):
@@ -163,7 +166,9 @@ PAIRS = [
      "private-owned and state-owned enterprises."],
     ["", "an empty instruction pools over everything"],
     ["   ", "a whitespace instruction is empty after strip"],
-    ["Represent", " the one-token instruction is not masked (n <= 1 rule)"],
+    ["Represent", " a two-token instruction: n = 2"],
+    ["Title", ": a one-token instruction: n = 1 -> 0, nothing masked (n <= 1 rule)"],
+    ["Question ", "another one-token instruction"],
     ["Query: ", "two-token instruction"],
     ["Represent the sentence:", "no space between instruction and text"],
     ["Represent the", "m merges across the boundary"],

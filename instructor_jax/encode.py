@@ -1,0 +1,111 @@
+"""``python -m instructor_jax.encode``: embed a JSON-lines file into a ``.npy`` matrix.
+
+Input lines are ``{"instruction": ..., "text": ...}`` or ``{"text": ...}`` (``--instruction`` supplies the
+instruction of lines that have none). Empty lines are ignored; anything else that is not such an object fails with
+``FILE:LINE``. The output is written to a temporary file beside ``--output`` and renamed at the end, so a failed
+or interrupted run leaves no partial file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+ALLOWED_KEYS = {"instruction", "text"}
+
+
+class InputError(ValueError):
+  pass
+
+
+def read_jsonl(path: str, default_instruction: str | None = None) -> list:
+  """Reads inputs for ``Instructor.encode`` (strings or ``[instruction, text]``), validating every line."""
+  items = []
+  try:
+    f = open(path, "rb")
+  except OSError as e:
+    raise InputError(f"{path}: cannot open: {e.strerror}") from e
+  with f:
+    for lineno, raw in enumerate(f, start=1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise InputError(f"{where}: invalid UTF-8 ({e.reason} at byte {e.start})") from e
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise InputError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from e
+      if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a JSON object with a \"text\" key, got {type(obj).__name__}")
+      extra = set(obj) - ALLOWED_KEYS
+      if extra:
+        raise InputError(f"{where}: unexpected key(s) {sorted(extra)} (allowed: instruction, text)")
+      if "text" not in obj:
+        raise InputError(f"{where}: missing key \"text\"")
+      for k, v in obj.items():
+        if not isinstance(v, str):
+          raise InputError(f"{where}: \"{k}\" must be a string, got {type(v).__name__}")
+      instruction = obj.get("instruction", default_instruction)
+      items.append(obj["text"] if instruction is None else [instruction, obj["text"]])
+  return items
+
+
+def save_atomic(path: str, array: np.ndarray) -> None:
+  """``np.save`` to a temporary file in the same folder, then rename: never a partial file at ``path``."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, array)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m instructor_jax.encode", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", required=True, help="checkpoint folder (INSTRUCTOR / GTR / T5 layout) or hub id")
+  p.add_argument("--input", required=True, help="JSON lines: {\"instruction\": ..., \"text\": ...} or {\"text\": ...}")
+  p.add_argument("--output", required=True, help=".npy file for the float32 [N, D] embeddings")
+  p.add_argument("--instruction", default=None, help="instruction for lines that have none")
+  p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--max-length", type=int, default=512)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+  p.add_argument("--similarities", action="store_true", help="also print the cosine similarity matrix")
+  args = p.parse_args(argv)
+
+  try:
+    items = read_jsonl(args.input, args.instruction)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  import jax.numpy as jnp
+  from instructor_jax.embedder import Instructor
+  model = Instructor.from_pretrained(args.model, dtype=getattr(jnp, args.dtype), max_length=args.max_length)
+  emb = model.encode(items, batch_size=args.batch_size, show_progress_bar=sys.stderr.isatty() or None)
+  save_atomic(args.output, emb)
+  print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {args.output}", file=sys.stderr)
+  if args.similarities:
+    sims = emb @ emb.T
+    labels = [(it if isinstance(it, str) else it[1])[:40] for it in items]
+    width = max(len(s) for s in labels) if labels else 0
+    print(f"cosine similarities (row i, column j):")
+    print(" " * (width + 5) + "".join(f"{j:>7d}" for j in range(len(items))))
+    for i, (label, row) in enumerate(zip(labels, sims)):
+      print(f"{i:>3d}  {label:<{width}}" + "".join(f"{v:7.3f}" for v in row))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
