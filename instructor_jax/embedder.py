@@ -125,8 +125,8 @@ class Instructor:
              ) -> np.ndarray:
     """Embeds strings and ``[instruction, text]`` pairs; float32 ``[N, D]`` in input order.
 
-    Inputs are sorted by token length and padded to bucket lengths; the batch dimension is always
-    ``batch_size`` (the last batch is padded with empty rows), so compiled shapes stay bounded.
+    Inputs are sorted by token length and padded to bucket lengths; the batch dimension is ``batch_size`` (a
+    shorter last batch is padded to a power of two), so the number of compiled shapes stays bounded.
     """
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -143,9 +143,11 @@ class Instructor:
     from tqdm.auto import tqdm
     for idx in tqdm(batches, desc="encode", disable=not show_progress_bar):
       length = self.bucket(max(len(encoded[i].ids) for i in idx))
-      tokens = np.full((batch_size, length), self.tokenizer.pad_id, np.int32)
-      mask = np.zeros((batch_size, length), np.int32)
-      instr = np.zeros((batch_size,), np.int32)
+      # A short last batch is padded to the next power of two (not to batch_size): few shapes, little waste.
+      rows = batch_size if len(idx) == batch_size else min(batch_size, 1 << (len(idx) - 1).bit_length())
+      tokens = np.full((rows, length), self.tokenizer.pad_id, np.int32)
+      mask = np.zeros((rows, length), np.int32)
+      instr = np.zeros((rows,), np.int32)
       for row, i in enumerate(idx):
         ids = encoded[i].ids
         tokens[row, :len(ids)] = ids
