@@ -115,7 +115,7 @@ class Featurizer:
 
 
 class _Ragged:
-  """Append-only ragged int rows, stored as one ``uint16`` array plus offsets (vocab < 65536)."""
+  """Append-only ragged int rows, stored as one array plus offsets (``uint16`` while ids < 65536, else int32)."""
 
   def __init__(self):
     self._parts, self._lens, self._n = [], [], []
@@ -126,8 +126,9 @@ class _Ragged:
     if not encoded:
       return
     lens = np.fromiter((len(e.ids) for e in encoded), np.int64, len(encoded))
-    self._parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encoded), np.uint16,
-                                   int(lens.sum())))
+    ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encoded), np.int64, int(lens.sum()))
+    # uint16 halves host memory for T5-sized vocabularies; larger vocabularies (mT5...) keep int32.
+    self._parts.append(ids.astype(np.uint16 if ids.max(initial=0) < 65536 else np.int32))
     self._lens.append(lens)
     self._n.append(np.fromiter((e.instr_len for e in encoded), np.int32, len(encoded)))
 
