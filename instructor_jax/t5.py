@@ -131,6 +131,27 @@ def _dense_init(std_fn):
   return lambda key, shape, dtype: std_fn(shape) * jax.random.normal(key, shape, dtype)
 
 
+class Projection(nn.Module):
+  """A bias-free multi-dimensional projection ``einsum(equation, x, kernel)`` with logical axis names.
+
+  Used for attention's q/k/v (``embed -> heads x kv``) and o (``heads x kv -> embed``): the kernel is created with
+  its real rank (flax's ``DenseGeneral`` initialises a flattened 2-D kernel, which cannot carry 3-D logical names
+  under an active mesh). Param name ``kernel``, as ``nn.Dense``.
+  """
+  shape: tuple
+  axes: tuple
+  std: float
+  equation: str
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.with_logical_partitioning(_dense_init(lambda s: self.std), self.axes)
+    kernel = self.param("kernel", init, self.shape, self.param_dtype)
+    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
 class SelfAttention(nn.Module):
   config: T5Config
 
@@ -139,14 +160,11 @@ class SelfAttention(nn.Module):
     cfg = self.config
     h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
     # Initialisation as in HF T5 (initializer_factor 1.0).
-    qkv = functools.partial(
-        nn.DenseGeneral, features=(h, dk), axis=-1, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-    q = qkv(name="q", kernel_init=nn.with_logical_partitioning(
-        _dense_init(lambda s: (d * dk) ** -0.5), ("embed", "heads", "kv")))(x)
-    k = qkv(name="k", kernel_init=nn.with_logical_partitioning(
-        _dense_init(lambda s: d ** -0.5), ("embed", "heads", "kv")))(x)
-    v = qkv(name="v", kernel_init=nn.with_logical_partitioning(
-        _dense_init(lambda s: d ** -0.5), ("embed", "heads", "kv")))(x)
+    proj = functools.partial(Projection, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    qkv = functools.partial(proj, (d, h, dk), ("embed", "heads", "kv"), equation="bld,dhk->blhk")
+    q = qkv(std=(d * dk) ** -0.5, name="q")(x)
+    k = qkv(std=d ** -0.5, name="k")(x)
+    v = qkv(std=d ** -0.5, name="v")(x)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
     v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
@@ -157,10 +175,7 @@ class SelfAttention(nn.Module):
     weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return nn.DenseGeneral(
-        features=d, axis=(-2, -1), use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="o",
-        kernel_init=nn.with_logical_partitioning(_dense_init(lambda s: (h * dk) ** -0.5), ("heads", "kv", "embed")),
-    )(out)
+    return proj((h, dk, d), ("heads", "kv", "embed"), std=(h * dk) ** -0.5, equation="blhk,hkd->bld", name="o")(out)
 
 
 class FeedForward(nn.Module):

@@ -1,0 +1,82 @@
+"""Contrastive losses over the *global* batch (INSTRUCTOR and GTR variants).
+
+Inputs are the embeddings of the whole global batch: queries ``q [B, D]``, positives ``p [B, D]`` and hard
+negatives ``n [B, N, D]`` (N per query). Similarities are cosine similarities (rows are re-normalised, so
+unnormalised embeddings are fine) computed and scored in fp32, divided by the temperature ``tau``.
+
+INSTRUCTOR (default; the reference ``InstructorEmbedding`` trainer's ``compute_loss``):
+
+    L = mean_i CE([s(q_i, p_i), s(q_i, n_all)] / tau, label 0)           # query -> positive vs all hard negatives
+      + mean_i CE([s(p_i, q_i), s(p_i, q_j) for j != i] / tau, label 0)   # positive -> its query vs other queries
+
+where ``n_all`` is every hard negative of the global batch (B*N candidates).
+
+GTR (``variant="gtr"``): the first term also takes the other queries' positives as candidates,
+``CE([s(q_i, p_j) for all j, s(q_i, n_all)] / tau, label i)``; the second term is unchanged.
+
+The code is written as if on one device. Under ``jax.jit`` with batch-sharded inputs, the ``[B, B*N]`` similarity
+matmuls make XLA all-gather the candidate embeddings (``D`` floats per row, cheap next to the encoder), so every
+query is scored against the global batch whatever the device count; tests compare against a numpy re-statement
+and sharded against single-device runs.
+
+``accuracy`` is the in-batch top-1 accuracy of the first term (is the positive the best-scoring candidate?).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+VARIANTS = ("instructor", "gtr")
+
+
+def _normalize(x):
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)  # torch CosineSimilarity eps
+
+
+def _cross_entropy(logits, labels):
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+
+def contrastive_loss(q, p, n, temperature, variant: str = "instructor"):
+  """Returns ``(loss, metrics)``; ``q, p: [B, D]``, ``n: [B, N, D]`` (N may be 0), ``temperature`` scalar.
+
+  ``metrics``: ``loss``, ``accuracy`` (top-1 of the query->candidates term), ``loss_q`` and ``loss_p`` (the two
+  terms), all fp32 scalars.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"loss variant must be one of {VARIANTS}, got {variant!r}")
+  b = q.shape[0]
+  q, p = _normalize(q), _normalize(p)
+  n_all = _normalize(n.reshape(-1, n.shape[-1]))  # [B*N, D]
+  inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
+  hi = jax.lax.Precision.HIGHEST
+  s_qn = jnp.einsum("bd,md->bm", q, n_all, precision=hi)  # [B, B*N]
+  s_qp = jnp.einsum("bd,cd->bc", q, p, precision=hi)  # [B, B]; s_qp[i, j] = s(q_i, p_j)
+  diag = jnp.diagonal(s_qp)  # s(q_i, p_i) = s(p_i, q_i)
+  idx = jnp.arange(b)
+  if variant == "instructor":
+    logits_q = jnp.concatenate([diag[:, None], s_qn], axis=1) * inv_t
+    labels_q = jnp.zeros((b,), jnp.int32)
+  else:
+    logits_q = jnp.concatenate([s_qp, s_qn], axis=1) * inv_t
+    labels_q = idx.astype(jnp.int32)
+  loss_q = jnp.mean(_cross_entropy(logits_q, labels_q))
+  # Positive p_i vs its query q_i and the other queries q_j (j != i): s(p_i, q_j) = s_qp[j, i].
+  # Mask j == i *after* scaling (exp(-inf) = 0): masking before would give 0 * inf = NaN in d/d(temperature).
+  self_mask = jnp.concatenate([jnp.zeros((b, 1), bool), idx[:, None] == idx[None, :]], axis=1)
+  logits_p = jnp.concatenate([diag[:, None], s_qp.T], axis=1) * inv_t
+  logits_p = jnp.where(self_mask, -jnp.inf, logits_p)
+  loss_p = jnp.mean(_cross_entropy(logits_p, jnp.zeros((b,), jnp.int32)))
+  loss = loss_q + loss_p
+  # Ties count as misses (argmax picks the first maximum, which is the positive only under `variant=instructor`).
+  accuracy = jnp.mean((jnp.argmax(logits_q, axis=-1) == labels_q).astype(jnp.float32))
+  return loss, dict(loss=loss, accuracy=accuracy, loss_q=loss_q, loss_p=loss_p)
+
+
+def temperature_value(params_extra, config_loss):
+  """The temperature: fixed ``config.loss.temperature`` or ``exp(log_temperature)`` when learnable."""
+  if config_loss.get("learnable_temperature", False):
+    return jnp.exp(params_extra["log_temperature"].astype(jnp.float32))
+  return jnp.float32(config_loss.temperature)

@@ -1,0 +1,220 @@
+"""The training command end to end on one CPU device (subprocesses), plus checkpoints' params API.
+
+Runs: an uninterrupted baseline; kill -9 mid-run then rerun (bitwise-equal parameters); 2 processes with
+jax.distributed on 127.0.0.1 (same losses); SIGTERM (saves, exit 0); NaN stop (keeps the last good checkpoint);
+--compile_only; save_params / restore_params / init_checkpoint / init_from.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from instructor_jax import checkpoints
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CONFIG = os.path.join(HERE, "tiny_config.py")
+STEPS = 20
+
+
+def _cmd(workdir, *overrides, flags=()):
+  return [sys.executable, "-m", "instructor_jax.train", "--config", CONFIG, "--workdir", str(workdir),
+          *flags, *overrides]
+
+
+_CACHE = tempfile.mkdtemp(prefix="instructor_jax_test_xla_cache_")
+
+
+def _env():
+  # A persistent compilation cache shared by the subprocesses: reruns of one config (kill -9 / resume) load the
+  # compiled step instead of recompiling it.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=_CACHE,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def run(workdir, *overrides, flags=(), check=True, timeout=600):
+  proc = subprocess.run(_cmd(workdir, *overrides, flags=flags), cwd=ROOT, env=_env(), capture_output=True,
+                        text=True, timeout=timeout)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def metrics(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.strip()]
+
+
+def wait_for_step(proc, workdir, step, timeout=300):
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    m = metrics(workdir)
+    if m and m[-1]["step"] >= step:
+      return m[-1]["step"]
+    assert proc.poll() is None, proc.communicate()[1][-4000:]
+    time.sleep(0.02)
+  raise TimeoutError(f"step {step} not reached")
+
+
+def leaves_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  return all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+COMMON = (f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=4")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("baseline")
+  run(wd, *COMMON)
+  return wd
+
+
+def test_baseline_outputs(baseline):
+  m = metrics(baseline)
+  assert [r["step"] for r in m] == list(range(1, STEPS + 1))
+  for key in ("loss", "accuracy", "lr", "grad_norm", "examples_per_s", "tokens_per_s"):
+    assert all(np.isfinite(r[key]) for r in m), key
+  steps = sorted(int(d) for d in os.listdir(baseline) if d.isdigit())
+  assert steps == [16, 20]  # keep_checkpoints=2
+  assert os.path.exists(os.path.join(baseline, "tokenizer", "spiece.model"))
+  assert os.listdir(os.path.join(baseline, "tensorboard"))
+  params, meta = checkpoints.restore_params(baseline)
+  assert meta["step"] == STEPS and meta["t5_config"]["d_model"] == 32 and meta["out_features"] == 32
+  assert meta["normalize"] is True and "spiece.model" in meta["tokenizer_files"]
+  assert set(params) == {"encoder", "dense"}
+  p16, meta16 = checkpoints.restore_params(os.path.join(baseline, "16"))
+  assert meta16["step"] == 16 and not leaves_equal(p16, params)
+  # the learning rate follows warmup (10% of steps) then linear decay to 0
+  assert m[0]["lr"] == 0.0 and max(r["lr"] for r in m) == pytest.approx(1e-3)
+
+
+def test_kill9_then_resume_is_bitwise_equal(baseline, tmp_path):
+  wd = tmp_path / "killed"
+  proc = subprocess.Popen(_cmd(wd, *COMMON), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    wait_for_step(proc, wd, 9)
+  finally:
+    proc.kill()
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  done = max(int(d) for d in os.listdir(wd) if d.isdigit())
+  assert done < STEPS
+  out = run(wd, *COMMON)
+  assert "resumed from" in out.stdout + out.stderr
+  a, _ = checkpoints.restore_params(baseline)
+  b, _ = checkpoints.restore_params(wd)
+  assert leaves_equal(a, b)
+  assert [r["loss"] for r in metrics(wd)] == [r["loss"] for r in metrics(baseline)]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(baseline, tmp_path):
+  wd = tmp_path / "multi"
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cmd(wd, *COMMON, flags=("--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+                               "--process_id", str(i))),
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  assert "2 processes" in outs[0][0]
+  got = [r["loss"] for r in metrics(wd)]
+  want = [r["loss"] for r in metrics(baseline)]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  a, _ = checkpoints.restore_params(baseline)
+  b, _ = checkpoints.restore_params(wd)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+  wd = tmp_path / "term"
+  proc = subprocess.Popen(_cmd(wd, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=1000"),
+                          cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    wait_for_step(proc, wd, 3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-4000:]
+  saved = [int(d) for d in os.listdir(wd) if d.isdigit()]
+  assert len(saved) == 1 and 3 <= saved[0] < 1000
+  assert metrics(wd)[-1]["step"] == saved[0]
+  assert "SIGTERM" in out
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+  wd = tmp_path / "nan"
+  proc = run(wd, "--config.debug_nan_step=6", "--config.checkpoint_every_steps=2", "--config.keep_checkpoints=5",
+             check=False)
+  assert proc.returncode != 0
+  assert "non-finite loss" in proc.stderr and "step 7" in proc.stderr
+  saved = sorted(int(d) for d in os.listdir(wd) if d.isdigit())
+  assert saved == [2, 4, 6]
+  params, _ = checkpoints.restore_params(wd)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_compile_only_reports_memory(tmp_path):
+  run(tmp_path, "--config.mesh_shape=(2,2,2)", "--config.grad_cache_chunk=4", flags=("--compile_only",))
+  report = json.loads(open(tmp_path / "compile_report.json").read())
+  assert report["devices"] == 8 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert report["params_bytes_per_device"] > 0 and report["train_flops_per_step"] > 0
+  assert "temp_size_in_bytes" in report
+  assert not any(d.isdigit() for d in os.listdir(tmp_path))  # nothing trained
+
+
+def test_save_params_restore_params_and_init_checkpoint(tmp_path):
+  sys.path.insert(0, HERE)
+  import reference
+  from instructor_jax import Instructor
+  hf_dir = reference.make_checkpoint(str(tmp_path / "hf"), "relu", layout="instructor")
+  model = Instructor.from_pretrained(hf_dir)
+  meta = dict(t5_config=model.model.config.to_hf(), out_features=model.model.out_features,
+              normalize=model.model.normalize, tokenizer_dir=hf_dir, max_seq_length=512)
+  wd = tmp_path / "init"
+  checkpoints.save_params(str(wd), jax.tree.map(np.asarray, model.params), meta)
+  params, got = checkpoints.restore_params(str(wd))
+  assert leaves_equal(params, jax.tree.map(np.asarray, model.params))
+  assert got["step"] == 0 and got["out_features"] == 24 and got["t5_config"]["d_model"] == 32
+  assert got["tokenizer_dir"] == str(wd / "tokenizer") and "tokenizer.json" in got["tokenizer_files"]
+  # training starts from it (and from the HF folder directly), 2 steps each
+  # (the second also with bf16 compute and a learnable temperature)
+  for key, value, extra in (("init_checkpoint", str(wd), ()),
+                            ("init_from", hf_dir, ("--config.model.dtype=bfloat16",
+                                                   "--config.loss.learnable_temperature=True"))):
+    out = tmp_path / f"from_{key}"
+    run(out, "--config.num_train_steps=2", f"--config.model.{key}={value}", *extra)
+    trained, tmeta = checkpoints.restore_params(str(out))
+    assert tmeta["out_features"] == 24 and tmeta["step"] == 2
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(trained))
+    assert ("log_temperature" in tmeta) == bool(extra)
+    if extra:
+      assert "temperature" in metrics(out)[-1] and np.isfinite(metrics(out)[-1]["loss"])
+    assert jax.tree.structure(trained) == jax.tree.structure(params)
+    assert not leaves_equal(trained, params)
