@@ -2,6 +2,9 @@
 
     python -m instructor_jax.train --config configs/demo.py --workdir /tmp/demo
 
+Trains 400 steps, checkpoints, evaluates the final checkpoint on the bundled STS-B test subset
+(``WORKDIR/eval/summary.md``) and exports a verified sentence-transformers folder (``WORKDIR/export``).
+
 Same code path as the paper configs (sharded step, global in-batch negatives, orbax checkpoints); only the sizes
 differ. ``mesh_shape=(-1, 1, 1)`` runs data-parallel on however many devices there are (1 CPU, or 8 fake ones with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``), with identical losses.
@@ -66,4 +69,14 @@ def get_config():
   c.data.dedup_positives = True
   c.data.strict = False
   c.data.skip_invalid = True
+
+  # After the last step (process 0): evaluate the checkpoint offline, then export a verified sentence-transformers
+  # folder whose model card carries the scores (train.finish).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.data_dir = os.path.join(REPO, "tests", "fixtures", "eval", "stsbenchmark")  # 40 STS-B test pairs
+  c.eval.no_instructions = False
+  c.export = ml_collections.ConfigDict()
+  c.export.enabled = True
+  c.export.out_dir = ""              # "" = WORKDIR/export
+  c.export.legacy_instructor = False
   return c

@@ -6,3 +6,16 @@
 
 Importing ``tasks`` itself imports neither TensorFlow nor seqio; import the submodules when needed.
 """
+
+
+def hide_gpus_from_tf() -> None:
+  """Keeps TensorFlow (seqio / TFDS input pipelines) off the accelerators JAX uses.
+
+  TF grabs most of every visible GPU's memory at start-up; the input pipeline only needs the CPU. Must run before
+  TF executes its first op, so the task modules call it on import.
+  """
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF already initialised its devices: too late to change, nothing else to do
+    pass

@@ -34,6 +34,9 @@ import seqio
 import tensorflow as tf
 
 from instructor_jax import data, medi
+from tasks import hide_gpus_from_tf
+
+hide_gpus_from_tf()  # before TF runs anything: the input pipeline stays on the CPU
 
 DEFAULT_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "instructor_jax",
                                      "assets", "t5-vocab")

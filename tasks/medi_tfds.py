@@ -31,6 +31,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from instructor_jax import medi
+from tasks import hide_gpus_from_tf
+
+hide_gpus_from_tf()  # before TF runs anything: the input pipeline stays on the CPU
 
 NAME = "medi"
 VERSION = "1.0.0"
