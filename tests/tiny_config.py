@@ -27,4 +27,6 @@ def get_config():
   c.data.max_query_length = 12
   c.data.max_doc_length = 16
   c.data.num_negatives = 2
+  c.eval.data_dir = ""               # synthetic vocab: nothing real to evaluate or export
+  c.export.enabled = False
   return c
