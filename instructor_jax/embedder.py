@@ -24,6 +24,9 @@ from instructor_jax.tokenization import DEFAULT_MAX_LENGTH, Input, Tokenizer
 # Padded lengths used by `encode`: inputs are padded up to the next bucket (capped by max_length), so the number of
 # compiled shapes stays small whatever the data.
 BUCKETS = (16, 32, 64, 128, 256, 512)
+# Inputs of at most PACK_LENGTH tokens are packed several to a row of PACK_LENGTH (attention block-diagonal per
+# input): the encoder computes ~the real tokens instead of bucket-padded ones (see BENCHMARKS.md).
+PACK_LENGTH = 128
 
 
 def pool_mask(mask, instr_len):
@@ -55,12 +58,19 @@ class InstructorModel(nn.Module):
   pad_id: int = 0
 
   @nn.compact
-  def __call__(self, tokens, instr_len, mask=None, deterministic: bool = True):
+  def __call__(self, tokens, instr_len, mask=None, deterministic: bool = True, segment_ids=None, pool=None):
+    """Packed rows: ``segment_ids [B, L]`` (1.. per input, 0 = padding) and ``pool [B, S, L]`` (the pooling
+    positions of each of up to S inputs per row; ``instr_len`` unused) give embeddings ``[B, S, D]``."""
     if mask is None:
       mask = tokens != self.pad_id
-    hidden = T5Encoder(self.config, name="encoder")(tokens, mask, deterministic)
-    pooled = mean_pool(hidden, pool_mask(mask, instr_len))
-    pooled = nn.with_logical_constraint(pooled, ("batch", "embed"))
+    hidden = T5Encoder(self.config, name="encoder")(tokens, mask, deterministic, segment_ids=segment_ids)
+    if pool is None:
+      pooled = mean_pool(hidden, pool_mask(mask, instr_len))
+      pooled = nn.with_logical_constraint(pooled, ("batch", "embed"))
+    else:
+      w = pool.astype(jnp.float32)
+      pooled = jnp.einsum("bsl,bld->bsd", w, hidden.astype(jnp.float32))
+      pooled = pooled / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 1e-9)
     if self.out_features is not None:
       cfg = self.config
       pooled = nn.Dense(
@@ -121,12 +131,15 @@ class Instructor:
         return min(b, self.max_length)
     return self.max_length
 
-  def encode(self, inputs: Iterable[Input], batch_size: int = 32, show_progress_bar: bool | None = None
-             ) -> np.ndarray:
+  def encode(self, inputs: Iterable[Input], batch_size: int = 32, show_progress_bar: bool | None = None,
+             pack: bool = True) -> np.ndarray:
     """Embeds strings and ``[instruction, text]`` pairs; float32 ``[N, D]`` in input order.
 
-    Inputs are sorted by token length and padded to bucket lengths; the batch dimension is ``batch_size`` (a
-    shorter last batch is padded to a power of two), so the number of compiled shapes stays bounded.
+    Inputs are sorted by token length. With ``pack`` (default), inputs of at most ``PACK_LENGTH`` tokens are packed
+    best-fit into rows of ``PACK_LENGTH`` tokens, ``max(1, batch_size * 32 // PACK_LENGTH)`` rows per call (the
+    token budget of ``batch_size`` rows of 32); longer inputs (and all of them without ``pack``) are padded to
+    bucket lengths with ``batch_size`` rows. A short last call is padded to a power of two rows, so the number of
+    compiled shapes stays bounded. Every call is dispatched before any result is fetched.
     """
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -137,22 +150,84 @@ class Instructor:
     if not encoded:
       return out
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    pad = min(PACK_LENGTH, self.max_length) if pack else 0
+    packed = _pack([i for i in order if len(encoded[i].ids) <= pad], [len(e.ids) for e in encoded], pad,
+                   max_segments=max(1, pad // 8))
+    per_call = max(1, batch_size * 32 // pad) if pad else 1
+    calls = [("packed", packed[i:i + per_call], per_call) for i in range(0, len(packed), per_call)]
+    rest = [i for i in order if len(encoded[i].ids) > pad]
+    calls += [("bucket", rest[i:i + batch_size], batch_size) for i in range(0, len(rest), batch_size)]
     if show_progress_bar is None:
-      show_progress_bar = len(batches) > 10
+      show_progress_bar = len(calls) > 10
     from tqdm.auto import tqdm
-    for idx in tqdm(batches, desc="encode", disable=not show_progress_bar):
-      length = self.bucket(max(len(encoded[i].ids) for i in idx))
-      # A short last batch is padded to the next power of two (not to batch_size): few shapes, little waste.
-      rows = batch_size if len(idx) == batch_size else min(batch_size, 1 << (len(idx) - 1).bit_length())
+    pending = []
+    for kind, idx, full in tqdm(calls, desc="encode", disable=not show_progress_bar):
+      # A short last call is padded to the next power of two rows (not to full): few shapes, little waste.
+      rows = full if len(idx) == full else min(full, 1 << (len(idx) - 1).bit_length())
+      length = pad if kind == "packed" else self.bucket(max(len(encoded[i].ids) for i in idx))
       tokens = np.full((rows, length), self.tokenizer.pad_id, np.int32)
       mask = np.zeros((rows, length), np.int32)
       instr = np.zeros((rows,), np.int32)
-      for row, i in enumerate(idx):
-        ids = encoded[i].ids
-        tokens[row, :len(ids)] = ids
-        mask[row, :len(ids)] = 1
-        instr[row] = encoded[i].instr_len
-      emb = self._apply({"params": self.params}, tokens, instr, mask)
-      out[idx] = np.asarray(emb[:len(idx)], np.float32)
+      if kind == "bucket":
+        for row, i in enumerate(idx):
+          ids = encoded[i].ids
+          tokens[row, :len(ids)] = ids
+          mask[row, :len(ids)] = 1
+          instr[row] = encoded[i].instr_len
+        emb = self._apply({"params": self.params}, tokens, instr, mask)
+        pending.append((emb, [(i, row) for row, i in enumerate(idx)]))
+        while len(pending) > _IN_FLIGHT:
+          _fetch(pending.pop(0), out)
+        continue
+      seg = np.zeros((rows, length), np.int32)
+      pool = np.zeros((rows, max(1, pad // 8), length), np.float32)
+      where = []
+      for row, members in enumerate(idx):
+        start = 0
+        for s, i in enumerate(members):
+          ids = encoded[i].ids
+          tokens[row, start:start + len(ids)] = ids
+          mask[row, start:start + len(ids)] = 1
+          seg[row, start:start + len(ids)] = s + 1
+          pool[row, s, start + encoded[i].instr_len:start + len(ids)] = 1.0
+          where.append((i, (row, s)))
+          start += len(ids)
+      emb = self._apply({"params": self.params}, tokens, instr, mask, segment_ids=seg, pool=pool)
+      pending.append((emb, where))
+      while len(pending) > _IN_FLIGHT:  # bounded: a huge corpus must not pile up on the device
+        _fetch(pending.pop(0), out)
+    for p in pending:
+      _fetch(p, out)
     return out
+
+
+_IN_FLIGHT = 4  # encode calls dispatched ahead of the one being fetched
+
+
+def _fetch(pending, out: np.ndarray) -> None:
+  emb, where = pending
+  emb = np.asarray(emb, np.float32)
+  for i, at in where:
+    out[i] = emb[at]
+
+
+def _pack(order: Sequence[int], lengths: Sequence[int], row_length: int, max_segments: int) -> list[list[int]]:
+  """Best-fit-decreasing packing of ``order`` (longest first) into rows of ``row_length`` tokens, at most
+  ``max_segments`` inputs per row; O(N x row_length) (open rows indexed by their free space)."""
+  rows: list[list[int]] = []
+  free: list[int] = []
+  by_free: list[list[int]] = [[] for _ in range(row_length + 1)]
+  for i in order:
+    n = lengths[i]
+    c = next((c for c in range(n, row_length + 1) if by_free[c]), None)
+    if c is None:
+      rows.append([])
+      free.append(row_length)
+      r = len(rows) - 1
+    else:
+      r = by_free[c].pop()
+    rows[r].append(i)
+    free[r] -= n
+    if len(rows[r]) < max_segments and free[r] > 0:
+      by_free[free[r]].append(r)
+  return rows

@@ -219,7 +219,9 @@ class T5Encoder(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, tokens, mask, deterministic: bool = True):
+  def __call__(self, tokens, mask, deterministic: bool = True, segment_ids=None):
+    """``segment_ids [B, L]`` (optional): several sequences packed in one row attend only within their segment;
+    exact for T5, whose position bias depends only on ``key - query`` (unchanged inside a segment)."""
     cfg = self.config
     _, length = tokens.shape
     embed = nn.Embed(
@@ -240,7 +242,10 @@ class T5Encoder(nn.Module):
     pos_bias = jnp.transpose(pos_bias, (2, 0, 1))[None]
     # Padding: add the dtype minimum (fp32 scores, so fp32's minimum), as HF's extended attention mask does.
     neg = jnp.finfo(jnp.float32).min
-    mask_bias = jnp.where(mask[:, None, None, :].astype(bool), 0.0, neg).astype(jnp.float32)
+    keep = mask[:, None, None, :].astype(bool)
+    if segment_ids is not None:
+      keep = keep & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    mask_bias = jnp.where(keep, 0.0, neg).astype(jnp.float32)
     bias = pos_bias + mask_bias  # [B, H, L, L] by broadcasting inside the einsum add
 
     block = Block

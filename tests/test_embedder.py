@@ -157,3 +157,18 @@ def test_missing_folder_offline_message(tmp_path):
   (tmp_path / "f").write_text("x")
   with pytest.raises(ValueError, match="found a file"):
     Instructor.from_pretrained(str(tmp_path / "f"))
+
+
+def test_packed_rows_equal_unpacked(relu_dir):
+  """Several short inputs share a 128-token row (segment-masked attention, per-segment pooling): same embeddings."""
+  from instructor_jax.embedder import _pack
+  model = Instructor.from_pretrained(relu_dir)
+  lengths = [len(e.ids) for e in model.tokenizer.encode(reference.PAIRS)]
+  short = sorted([i for i, n in enumerate(lengths) if n <= 128], key=lambda i: -lengths[i])
+  rows = _pack(short, lengths, 128, max_segments=16)
+  assert sorted(i for r in rows for i in r) == sorted(short)
+  assert all(sum(lengths[i] for i in r) <= 128 for r in rows)
+  assert len(rows) < len(short) / 3  # really packed
+  packed = model.encode(reference.PAIRS, batch_size=8, pack=True)
+  unpacked = model.encode(reference.PAIRS, batch_size=8, pack=False)
+  assert np.abs(packed - unpacked).max() <= 1e-6
