@@ -185,72 +185,24 @@ class _HeadsFirstJnp:
 def packed_apply_fn(model):
   """Experiment ``packN``: several sentences per row of N tokens, attention block-diagonal per sentence.
 
-  Exact for T5: the relative position bias depends only on ``key - query`` positions, which are the same inside a
-  packed segment as in a row of its own, and cross-segment pairs are masked like padding. Same parameter tree as
-  ``InstructorModel`` (``encoder/...``, ``dense``). Returns ``apply(params, tokens [R, N], seg [R, N],
-  pool [R, S, N]) -> [R, S, D]`` where ``seg`` is 1-based segment ids (0 = padding) and ``pool`` the per-segment
-  pooling mask (tokens ``n .. len-1`` of each sentence).
+  The shipped ``InstructorModel`` with ``segment_ids`` and a per-segment ``pool`` mask (exact for T5: the relative
+  position bias depends only on ``key - query``). Returns ``apply(params, tokens [R, N], seg [R, N],
+  pool [R, S, N]) -> [R, S, D]`` where ``seg`` is 1-based segment ids (0 = padding).
   """
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  from instructor_jax import t5
-  from instructor_jax.embedder import l2_normalize
 
-  cfg = model.config
+  def apply(params, tokens, seg, pool):
+    instr = jnp.zeros(tokens.shape[:1], jnp.int32)  # unused with `pool`
+    return model.apply({"params": params}, tokens, instr, segment_ids=seg, pool=pool)
 
-  class PackedEncoder(nn.Module):
-    @nn.compact
-    def __call__(self, tokens, seg):
-      length = tokens.shape[1]
-      x = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                   name="token_embedder")(tokens)
-      table = self.param("relative_attention_bias", nn.initializers.zeros,
-                         (cfg.relative_attention_num_buckets, cfg.num_heads), cfg.param_dtype)
-      buckets = t5.relative_position_buckets(length, length, cfg.relative_attention_num_buckets,
-                                             cfg.relative_attention_max_distance)
-      pos_bias = jnp.transpose(jnp.take(table.astype(jnp.float32), jnp.asarray(buckets), axis=0), (2, 0, 1))[None]
-      same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
-      neg = jnp.finfo(jnp.float32).min
-      bias = pos_bias + jnp.where(same, 0.0, neg)[:, None].astype(jnp.float32)  # [R, H, N, N]
-      for i in range(cfg.num_layers):
-        x = t5.Block(cfg, name=f"layers_{i}")(x, bias, True)
-      return t5.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
-
-  class PackedInstructor(nn.Module):
-    @nn.compact
-    def __call__(self, tokens, seg, pool):
-      hidden = PackedEncoder(name="encoder")(tokens, seg).astype(jnp.float32)
-      w = pool.astype(jnp.float32)
-      pooled = jnp.einsum("rsn,rnd->rsd", w, hidden) / jnp.maximum(jnp.sum(w, -1, keepdims=True), 1e-9)
-      if model.out_features is not None:
-        pooled = nn.Dense(model.out_features, use_bias=False, dtype=jnp.float32, param_dtype=cfg.param_dtype,
-                          name="dense")(pooled)
-      return l2_normalize(pooled) if model.normalize else pooled
-
-  m = PackedInstructor()
-  return jax.jit(lambda params, tokens, seg, pool: m.apply({"params": params}, tokens, seg, pool))
+  return jax.jit(apply)
 
 
 def pack_rows(order, lengths, row_length: int, max_segments: int) -> list[list[int]]:
-  """Best-fit-decreasing packing of ``order`` (longest first) into rows of ``row_length`` tokens, at most
-  ``max_segments`` inputs per row; O(N x row_length) (rows indexed by free space)."""
-  rows, free = [], []
-  by_free = [[] for _ in range(row_length + 1)]
-  for i in order:
-    n = lengths[i]
-    c = next((c for c in range(n, row_length + 1) if by_free[c]), None)
-    if c is None:
-      rows.append([])
-      free.append(row_length)
-      r = len(rows) - 1
-    else:
-      r = by_free[c].pop()
-    rows[r].append(i)
-    free[r] -= n
-    if len(rows[r]) < max_segments and free[r] > 0:
-      by_free[free[r]].append(r)
-  return rows
+  """Best-fit-decreasing packing: the shipped ``embedder._pack``."""
+  from instructor_jax.embedder import _pack
+  return _pack(order, lengths, row_length, max_segments)
 
 
 class JaxEncoder:
@@ -273,6 +225,9 @@ class JaxEncoder:
     self.inst = Instructor.from_pretrained(folder, dtype=getattr(jnp, dtype), max_length=max_length)
     self.variant = variant
     self.pack = next((int(o[4:]) for o in self.opts if o.startswith("pack")), 0)
+    if self.opts <= {"default", "hfirst"}:  # the shipped encode packs (plan only: `encode` calls it directly)
+      from instructor_jax.embedder import PACK_LENGTH
+      self.pack = min(PACK_LENGTH, max_length)
     if self.pack:
       self._packed = packed_apply_fn(self.inst.model)
 
