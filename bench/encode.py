@@ -216,13 +216,21 @@ class JaxEncoder:
   ``big`` / ``half`` (twice / half as many packed rows per call).
   """
 
-  def __init__(self, folder: str, dtype: str = "float32", variant: str = "default", max_length: int = 512):
+  def __init__(self, folder: str, dtype: str = "float32", variant: str = "default", max_length: int = 512,
+               attention: str = "xla"):
     import jax.numpy as jnp
     self.opts = parse_variant(variant)
     if "hfirst" in self.opts:
       patch_heads_first_attention()
     from instructor_jax.embedder import Instructor
     self.inst = Instructor.from_pretrained(folder, dtype=getattr(jnp, dtype), max_length=max_length)
+    if attention != "xla":  # same weights, other attention kernel (t5.py: T5Config.attention)
+      import dataclasses
+      import functools
+      import jax
+      model = self.inst.model
+      self.inst.model = model.clone(config=dataclasses.replace(model.config, attention=attention))
+      self.inst._apply = jax.jit(functools.partial(self.inst.model.apply, deterministic=True))
     self.variant = variant
     self.pack = next((int(o[4:]) for o in self.opts if o.startswith("pack")), 0)
     if self.opts <= {"default", "hfirst"}:  # the shipped encode packs (plan only: `encode` calls it directly)
@@ -336,6 +344,7 @@ class EncodeConfig:
   shape_lengths: tuple = ()    # forward-only [batch, L] comparisons (profiling); () = skip
   cache_dir: str = DEFAULT_CACHE
   torch_dtype: str | None = None  # defaults to dtype
+  attention: str = "xla"       # JAX attention kernel (T5Config.attention: xla | cudnn)
 
 
 def run(cfg: EncodeConfig) -> dict:
@@ -344,7 +353,7 @@ def run(cfg: EncodeConfig) -> dict:
   pairs = [[INSTRUCTION, s] for s in load_sentences(cfg.num_sentences)]
   t0 = time.perf_counter()
   ref = TorchReference(folder, device=cfg.device, dtype=cfg.torch_dtype or cfg.dtype)
-  jx = JaxEncoder(folder, dtype=cfg.dtype, variant=cfg.variant)
+  jx = JaxEncoder(folder, dtype=cfg.dtype, variant=cfg.variant, attention=cfg.attention)
   log(f"[encode] loaded {cfg.size} in {time.perf_counter() - t0:.1f}s; {len(pairs)} pairs, batch {cfg.batch_size}, "
       f"{cfg.dtype}, variant {cfg.variant}")
   real_tokens = sum(len(e.ids) for e in jx.inst.tokenizer.encode(pairs))
@@ -376,6 +385,7 @@ def run(cfg: EncodeConfig) -> dict:
   n = len(pairs)
   res = dict(
       size=cfg.size, batch_size=cfg.batch_size, dtype=cfg.dtype, variant=cfg.variant, num_sentences=n,
+      attention=cfg.attention, torch_dtype=cfg.torch_dtype or cfg.dtype,
       backend=jax.default_backend(), torch_device=cfg.device,
       real_tokens=real_tokens, padded_tokens_jax=jx.padded_tokens(pairs, cfg.batch_size),
       padded_tokens_torch=int(ref.padded_tokens),
@@ -408,7 +418,7 @@ def table(res: dict) -> str:
   lines = [
       f"encode {res['size']} batch {res['batch_size']} {res['dtype']} ({res['num_sentences']} sentences, "
       f"{res['real_tokens']} tokens; padded: jax {res['padded_tokens_jax']}, torch {res['padded_tokens_torch']}; "
-      f"variant {res['variant']})",
+      f"variant {res['variant']}, attention {res.get('attention', 'xla')})",
       f"  sentences/s  jax {fmt(res['jax_sent_per_s'])}   torch {fmt(res['torch_sent_per_s'])}",
       f"  tokens/s     jax {fmt(res['jax_tok_per_s'])}   torch {fmt(res['torch_tok_per_s'])}",
       f"  ratio jax/torch (paired) {fmt(res['ratio'])}   compile {res['compile_s']:.1f}s "

@@ -171,7 +171,12 @@ def run_memory(cfg: MemoryConfig) -> dict:
       kw = dict(size=cfg.size, gb=gb, lq=cfg.query_length, ld=cfg.doc_length, nneg=cfg.num_negatives,
                 dtype=cfg.dtype, remat=cfg.remat, chunk=chunk)
       if cfg.execute:
-        r = _spawn(dict(kind="memory", config=kw, execute=True))
+        try:
+          r = _spawn(dict(kind="memory", config=kw, execute=True))
+        except RuntimeError as e:  # e.g. out of device memory: compile-only figures, and say why
+          r, _, _ = compile_step(_config(**kw))
+          r["execute_error"] = str(e).strip().splitlines()[-1][:300]
+          log(f"[memory] B={gb} chunk={chunk}: executing failed: {r['execute_error']}")
       else:
         r, _, _ = compile_step(_config(**kw))
       r.update(global_batch=gb, grad_cache_chunk=chunk)
@@ -199,6 +204,8 @@ def memory_table(res: dict) -> str:
             f"{r.get('temp_bytes', 0) / 2**20:>10.1f} {r['state_bytes'] / 2**20:>9.1f}")
     if r.get("runtime_peak_bytes"):
       line += f"  {r['runtime_peak_bytes'] / 2**20:>12.1f}"
+    if r.get("execute_error"):
+      line += f"  (execute failed: {r['execute_error'][:80]})"
     lines.append(line)
   return "\n".join(lines)
 
@@ -207,9 +214,14 @@ def run_scaling(cfg: ScalingConfig, threads: int = 0) -> dict:
   from bench.train_step import JaxTrainer
   rows = []
   for gb in cfg.global_batches:
-    jx = JaxTrainer(_config(cfg.size, gb, cfg.query_length, cfg.doc_length, cfg.num_negatives, cfg.dtype))
-    b = jx.device_batch(jx.batch(0))
-    compile_s, _ = jx.compile(b)
+    try:
+      jx = JaxTrainer(_config(cfg.size, gb, cfg.query_length, cfg.doc_length, cfg.num_negatives, cfg.dtype))
+      b = jx.device_batch(jx.batch(0))
+      compile_s, _ = jx.compile(b)
+    except Exception as e:  # out of device memory at the larger batches: say so and stop growing the batch
+      log(f"[scaling] B={gb}: failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+      rows.append(dict(global_batch=gb, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+      break
     times = []
     for _ in range(cfg.reps):
       t0 = time.perf_counter()
@@ -256,6 +268,9 @@ def scaling_table(res: dict) -> str:
   lines = [f"scaling: {res['size']} Lq={res['query_length']} Ld={res['doc_length']} N={res['num_negatives']}",
            f"  {'global batch':>12} {'s/step (median [min, max])':>30} {'ms/example':>11}"]
   for r in res["rows"]:
+    if "error" in r:
+      lines.append(f"  {r['global_batch']:>12} {r['error'][:90]}")
+      continue
     s = r["step_s"]
     lines.append(f"  {r['global_batch']:>12} {s['median']:>10.3f} [{s['min']:.3f}, {s['max']:.3f}]"
                  f"{'':>8}{r['per_example_ms']['median']:>11.2f}")

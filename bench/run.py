@@ -42,10 +42,10 @@ SUITES = {
                    steps_per_rep=3, dtype="bfloat16", device="cuda", remat="none"),
         memory=dict(size="base", global_batches=(8, 32, 128, 512, 1024), chunk=32, query_length=256,
                     doc_length=256, num_negatives=1, dtype="bfloat16"),
-        scaling=dict(size="base", global_batches=(32, 64, 128, 256), query_length=256, doc_length=256,
+        scaling=dict(size="base", global_batches=(32, 64, 128), query_length=256, doc_length=256,
                      num_negatives=1, reps=3, fake_devices=(), dtype="bfloat16"),
         fit=dict(size="large", global_batch=4096, chunk=256, query_length=256, doc_length=256, num_negatives=1,
-                 dtype="bfloat16", remat="full"),
+                 dtype="bfloat16", remat="full", execute=True),
     ),
     "tiny": dict(
         encode=[dict(size="tiny", batch_size=8, dtype="float32", reps=2, num_sentences=24, shape_lengths=(16,))],
@@ -73,10 +73,21 @@ def main(argv=None):
                  "(hfirst also applies to the train / memory / scaling parts)")
   p.add_argument("--no-shapes", action="store_true", help="skip the forward-only per-shape comparison")
   p.add_argument("--dropout", type=float, default=None, help="override the train-step dropout rate (both sides)")
+  p.add_argument("--attention", default=None, choices=("xla", "cudnn"),
+                 help="JAX attention kernel for encode and train (T5Config.attention; cudnn = GPU, bf16 only)")
+  p.add_argument("--remat", default=None, choices=("none", "full", "dots"), help="override the train-step remat")
+  p.add_argument("--grad-cache-chunk", type=int, default=None, help="override the train-step gradient-cache chunk")
+  p.add_argument("--global-batch", type=int, default=0, help="override the train-step global batch")
+  p.add_argument("--no-torch", action="store_true", help="train step: time JAX only (no PyTorch re-statement)")
+  p.add_argument("--prng", default=None, help="jax_default_prng_impl for the run (threefry2x32 | rbg | unsafe_rbg)")
   args = p.parse_args(argv)
 
   threads = set_threads(args.threads)
   # Imports after the affinity mask is set: XLA and torch size their pools when they start.
+  if args.prng:  # the environment variable reaches the compile-only worker processes too
+    os.environ["JAX_DEFAULT_PRNG_IMPL"] = args.prng
+  if args.attention:
+    os.environ["INSTRUCTOR_BENCH_ATTENTION"] = args.attention
   import jax
   threads_torch = torch_threads(threads)
   suite = SUITES[args.suite]
@@ -88,7 +99,7 @@ def main(argv=None):
     log(f"WARNING: --suite gpu but JAX's backend is {jax.default_backend()!r}")
   results = dict(variant=args.variant, command="python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
                  xla_flags=os.environ.get("XLA_FLAGS", ""), suite=args.suite, threads=threads,
-                 torch_threads=threads_torch, started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 torch_threads=threads_torch, prng=jax.config.jax_default_prng_impl, started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  machine=machine())
   tables = []
 
@@ -108,6 +119,11 @@ def main(argv=None):
       if args.no_shapes:
         kw["shape_lengths"] = ()
       kw["variant"] = args.variant
+      if args.attention:
+        if args.attention == "cudnn" and kw["dtype"] == "float32":
+          log(f"[encode] skipping {kw['dtype']} batch {kw['batch_size']}: cuDNN attention needs bf16/fp16")
+          continue
+        kw["attention"] = args.attention
       res = encode.run(encode.EncodeConfig(**kw))
       results["encode"].append(res)
       tables.append(encode.table(res))
@@ -120,6 +136,16 @@ def main(argv=None):
       kw["reps"] = args.reps
     if args.dropout is not None:
       kw["dropout_rate"] = args.dropout
+    if args.attention:
+      kw["attention"] = args.attention
+    if args.remat:
+      kw["remat"] = args.remat
+    if args.grad_cache_chunk is not None:
+      kw["grad_cache_chunk"] = args.grad_cache_chunk
+    if args.global_batch:
+      kw["global_batch"] = args.global_batch
+    if args.no_torch:
+      kw["torch"] = False
     res = train_step.run(train_step.TrainConfig(**kw))
     results["train"] = res
     tables.append(train_step.table(res))

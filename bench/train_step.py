@@ -37,11 +37,12 @@ class TrainConfig:
   torch: bool = True           # also time the PyTorch re-statement
   mesh_shape: tuple = (-1, 1, 1)
   dropout_rate: float = 0.1    # both sides (0 = deterministic; isolates the cost of dropout's random bits)
+  attention: str | None = None  # JAX attention kernel (T5Config.attention); None = $INSTRUCTOR_BENCH_ATTENTION or xla
 
 
 def make_config(size: str, global_batch: int, query_length: int, doc_length: int, num_negatives: int,
                 dtype: str = "float32", remat: str = "none", grad_cache_chunk: int = 0, mesh_shape=(-1, 1, 1),
-                dropout_rate: float = 0.1):
+                dropout_rate: float = 0.1, attention: str | None = None):
   """``configs/demo.py`` with a random T5 of ``size`` on synthetic tokens (the real T5 vocabulary size)."""
   spec = importlib.util.spec_from_file_location("bench_demo_config", os.path.join(REPO, "configs", "demo.py"))
   demo = importlib.util.module_from_spec(spec)
@@ -55,6 +56,8 @@ def make_config(size: str, global_batch: int, query_length: int, doc_length: int
   c.model.out_features = out_features
   c.model.dtype = dtype
   c.model.remat = remat
+  # bench.run --attention sets the environment variable, so compile-only workers in subprocesses follow it too.
+  c.model.attention = attention or os.environ.get("INSTRUCTOR_BENCH_ATTENTION", "xla")
   c.global_batch_size = global_batch
   c.grad_cache_chunk = grad_cache_chunk
   c.mesh_shape = tuple(mesh_shape)
@@ -161,18 +164,28 @@ def run(cfg: TrainConfig) -> dict:
   import jax
   from instructor_jax import train
   config = make_config(cfg.size, cfg.global_batch, cfg.query_length, cfg.doc_length, cfg.num_negatives, cfg.dtype,
-                       cfg.remat, cfg.grad_cache_chunk, cfg.mesh_shape, cfg.dropout_rate)
+                       cfg.remat, cfg.grad_cache_chunk, cfg.mesh_shape, cfg.dropout_rate, cfg.attention)
   jx = JaxTrainer(config)
   host = [jx.batch(i) for i in range(cfg.steps_per_rep)]
   jb = [jx.device_batch(h) for h in host]
   compile_s, n_exec = jx.compile(jb[0])
   log(f"[train] {cfg.size} B={cfg.global_batch} Lq={cfg.query_length} Ld={cfg.doc_length} N={cfg.num_negatives}: "
       f"compile {compile_s:.1f}s ({n_exec} executables)")
-  th = None
+  th, torch_error = None, None
   if cfg.torch:
-    th = TorchTrainer(config, cfg.device, cfg.dtype)
-    tb = [th.device_batch(h) for h in host]
-    th.step(tb[0])  # warm-up
+    try:
+      th = TorchTrainer(config, cfg.device, cfg.dtype)
+      tb = [th.device_batch(h) for h in host]
+      th.step(tb[0])  # warm-up
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError: report it, time JAX alone
+      torch_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+      log(f"[train] torch re-statement failed, timing JAX only: {torch_error}")
+      th = tb = None
+      import gc
+      gc.collect()
+      import torch
+      if torch.cuda.is_available():
+        torch.cuda.empty_cache()
   t_jax, t_ref, ratios = [], [], []
   for r in range(cfg.reps):
     order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
@@ -199,9 +212,18 @@ def run(cfg: TrainConfig) -> dict:
              backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind, compile_s=compile_s,
              flops_per_step=jx.flops, jax_step_s=stats(t_jax), jax_steps_per_s=stats([1 / t for t in t_jax]),
              jax_tflops=stats([jx.flops / t / 1e12 for t in t_jax]))
+  # train_flops_per_step counts what the hardware computes (recomputation included: +1 forward for gradient
+  # caching's first pass, +1 for full remat). MFU counts model FLOPs only (3 forward passes); HFU counts all.
+  passes = 3 + (1 if cfg.grad_cache_chunk else 0) + (1 if cfg.remat == "full" else 0)
+  res["model_flops_per_step"] = jx.flops * 3 / passes
+  res["attention"] = config.model.attention
+  res["prng"] = str(jax.config.jax_default_prng_impl)
   if peak:
     res["peak_flops"] = peak
-    res["mfu"] = stats([jx.flops / t / peak for t in t_jax])
+    res["mfu"] = stats([res["model_flops_per_step"] / t / peak for t in t_jax])
+    res["hfu"] = stats([jx.flops / t / peak for t in t_jax])
+  if torch_error:
+    res["torch_error"] = torch_error
   if th is not None:
     res.update(torch_step_s=stats(t_ref), torch_steps_per_s=stats([1 / t for t in t_ref]), ratio=stats(ratios))
   return res
@@ -210,12 +232,15 @@ def run(cfg: TrainConfig) -> dict:
 def table(res: dict) -> str:
   head = (f"train step {res['size']} B={res['global_batch']} Lq={res['query_length']} Ld={res['doc_length']} "
           f"N={res['num_negatives']} {res['dtype']} remat={res['remat']} grad_cache={res['grad_cache_chunk']} "
-          f"dropout={res.get('dropout_rate', 0.1)} "
+          f"dropout={res.get('dropout_rate', 0.1)} attention={res.get('attention', 'xla')} prng={res.get('prng', '')} "
           f"({res['flops_per_step'] / 1e9:.0f} GFLOP/step)")
   lines = [head, f"  steps/s  jax {fmt(res['jax_steps_per_s'])}" +
            (f"   torch {fmt(res['torch_steps_per_s'])}" if "torch_steps_per_s" in res else ""),
-           f"  jax TFLOP/s {fmt(res['jax_tflops'])}" + (f"   MFU {fmt(res['mfu'])}" if "mfu" in res else "") +
+           f"  jax TFLOP/s {fmt(res['jax_tflops'])}" +
+           (f"   MFU {fmt(res['mfu'])}   HFU {fmt(res['hfu'])}" if "mfu" in res else "") +
            f"   compile {res['compile_s']:.1f}s"]
   if "ratio" in res:
     lines.append(f"  ratio jax/torch (paired) {fmt(res['ratio'])}")
+  if "torch_error" in res:
+    lines.append(f"  torch: {res['torch_error']}")
   return "\n".join(lines)

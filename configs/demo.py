@@ -43,6 +43,7 @@ def get_config():
   c.model.dtype = "float32"          # compute dtype; "bfloat16" on TPU / GPU
   c.model.param_dtype = "float32"
   c.model.remat = "none"
+  c.model.attention = "xla"          # "cudnn": fused flash attention on GPU, bf16 only (see t5.py)
   c.model.dropout_rate = None        # None = the T5 config's dropout_rate
 
   c.loss = ml_collections.ConfigDict()

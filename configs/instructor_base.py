@@ -74,6 +74,7 @@ def make_config(size: str, variant: str = ""):
   c.model.dtype = "bfloat16"            # compute; parameters, optimizer state, logits and loss stay fp32
   c.model.param_dtype = "float32"
   c.model.remat = remat
+  c.model.attention = "xla"             # "cudnn" on GPU hosts: fused attention, no attention-prob dropout (t5.py)
   c.model.dropout_rate = 0.1
 
   c.loss = ml_collections.ConfigDict()

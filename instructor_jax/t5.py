@@ -6,6 +6,13 @@ Numerically follows Hugging Face ``T5EncoderModel``:
 - bidirectional relative-position buckets, one bias table in layer 0 shared by every layer;
 - padding masked by adding the dtype minimum; no biases anywhere; dropout only when ``deterministic=False``.
 
+Attention (``T5Config.attention``): ``"xla"`` (default, any backend, the HF arithmetic above) or ``"cudnn"``
+(GPU, bf16/fp16 compute only): cuDNN's fused flash attention through ``jax.nn.dot_product_attention`` with the
+relative-position bias ``[1, H, L, L]`` (cast to the compute dtype) and padding as per-row key lengths (masks must be
+right-padded prefixes, as everything in this package makes them; packed rows pass a full ``[B, H, L, L]`` bias).
+The ``[B, H, L, L]`` scores never reach device memory; the one semantic difference is that the public API has no
+dropout on the attention probabilities, so with ``"cudnn"`` training drops only the residual / FFN activations.
+
 Every parameter carries logical axis names (``vocab``, ``embed``, ``mlp``, ``heads``, ``kv``, ``rel_buckets``) and
 the main activations are constrained with ``batch``, ``length``, ``embed``, ``heads``, ``mlp``, so the trainer shards
 them with logical-axis rules (see ``sharding.py``). Without rules in context the constraints are no-ops.
@@ -44,12 +51,16 @@ class T5Config:
   param_dtype: Dtype = jnp.float32
   # Rematerialise each block in the backward pass (training memory); "none" | "full" | "dots".
   remat: str = "none"
+  # "xla" | "cudnn" (see the module docstring).
+  attention: str = "xla"
 
   def __post_init__(self):
     if self.feed_forward_proj not in ("relu", "gated-gelu"):
       raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} is not supported (relu, gated-gelu)")
     if self.remat not in ("none", "full", "dots"):
       raise ValueError(f"remat must be none|full|dots, got {self.remat!r}")
+    if self.attention not in ("xla", "cudnn"):
+      raise ValueError(f"attention must be xla|cudnn, got {self.attention!r}")
 
   @property
   def gated(self) -> bool:
@@ -127,6 +138,12 @@ class RMSNorm(nn.Module):
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
+def matmul_precision(dtype):
+  """fp32 compute means fp32 matmuls: ``HIGHEST`` (XLA:GPU otherwise may use TF32 for fp32 dots, ~1e-4 off the
+  PyTorch reference; the CPU is exact either way). bf16 / fp16 compute keeps the default."""
+  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.dtype(jnp.float32) else None
+
+
 def _dense_init(std_fn):
   return lambda key, shape, dtype: std_fn(shape) * jax.random.normal(key, shape, dtype)
 
@@ -149,7 +166,32 @@ class Projection(nn.Module):
   def __call__(self, x):
     init = nn.with_logical_partitioning(_dense_init(lambda s: self.std), self.axes)
     kernel = self.param("kernel", init, self.shape, self.param_dtype)
-    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype),
+                      precision=matmul_precision(self.dtype))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class AttentionBias:
+  """What every layer adds to its attention scores: ``position [1, H, L, L]`` (fp32) and either the key mask
+  ``keep [B, 1, 1|L, L]`` (bool) or, for cuDNN, the key lengths ``[B]``."""
+  position: jax.Array
+  keep: jax.Array
+  kv_lengths: jax.Array
+
+  def dense(self):
+    """``[B, H, L, L]`` fp32: position bias plus the fp32 minimum where a key is masked (HF's extended mask)."""
+    return self.position + jnp.where(self.keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+def _cudnn_attention(q, k, v, bias: AttentionBias, dtype):
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    raise ValueError(f"attention='cudnn' needs bf16/fp16 compute (T5Config.dtype), got {jnp.dtype(dtype).name}")
+  if bias.keep.shape[-2] > 1:  # packed rows: block-diagonal mask, pass the full bias (inference)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias.dense().astype(dtype), scale=1.0, implementation="cudnn")
+  return jax.nn.dot_product_attention(
+      q, k, v, bias=bias.position.astype(dtype), scale=1.0, key_value_seq_lengths=bias.kv_lengths,
+      query_seq_lengths=bias.kv_lengths, implementation="cudnn")
 
 
 class SelfAttention(nn.Module):
@@ -168,12 +210,16 @@ class SelfAttention(nn.Module):
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
     v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
-    # No 1/sqrt(d_kv) scaling in T5. Scores and softmax in fp32 as HF does (`softmax(scores.float())`).
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores + bias
-    weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    if cfg.attention == "cudnn":
+      out = _cudnn_attention(q, k, v, bias, cfg.dtype)
+    else:
+      # No 1/sqrt(d_kv) scaling in T5. Scores and softmax in fp32 as HF does (`softmax(scores.float())`).
+      precision = matmul_precision(cfg.dtype)
+      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32, precision=precision)
+      scores = scores + bias.dense()
+      weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+      weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=precision)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return proj((h, dk, d), ("heads", "kv", "embed"), std=(h * dk) ** -0.5, equation="blhk,hkd->bld", name="o")(out)
 
@@ -184,7 +230,8 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     cfg = self.config
-    dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                              precision=matmul_precision(cfg.dtype))
     wi_init = nn.with_logical_partitioning(_dense_init(lambda s: cfg.d_model ** -0.5), ("embed", "mlp"))
     if cfg.gated:
       # gelu_new is the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
@@ -240,13 +287,10 @@ class T5Encoder(nn.Module):
         length, length, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
     pos_bias = jnp.take(table.astype(jnp.float32), jnp.asarray(buckets), axis=0)  # [L, L, H]
     pos_bias = jnp.transpose(pos_bias, (2, 0, 1))[None]
-    # Padding: add the dtype minimum (fp32 scores, so fp32's minimum), as HF's extended attention mask does.
-    neg = jnp.finfo(jnp.float32).min
     keep = mask[:, None, None, :].astype(bool)
     if segment_ids is not None:
       keep = keep & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-    mask_bias = jnp.where(keep, 0.0, neg).astype(jnp.float32)
-    bias = pos_bias + mask_bias  # [B, H, L, L] by broadcasting inside the einsum add
+    bias = AttentionBias(pos_bias, keep, jnp.sum(mask.astype(jnp.int32), axis=-1))
 
     block = Block
     if cfg.remat != "none":

@@ -100,7 +100,7 @@ def build_model(config, load_weights: bool = True) -> ModelSpec:
   """The model and (unless random init or ``load_weights=False``) its host parameters."""
   mc = config.model
   overrides = dict(dtype=_dtype(mc.get("dtype", "float32")), param_dtype=_dtype(mc.get("param_dtype", "float32")),
-                   remat=mc.get("remat", "none"))
+                   remat=mc.get("remat", "none"), attention=mc.get("attention", "xla"))
   if mc.get("dropout_rate", None) is not None:
     overrides["dropout_rate"] = float(mc.dropout_rate)
   params, max_len = None, None
@@ -450,7 +450,7 @@ def state_shardings(model, tx, config, mesh, rules):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   shardings = dict(params=params_sh, opt_state=opt_sh, rng=replicated, step=replicated)
   abstract = dict(params=nn.unbox(boxed), opt_state=nn.unbox(boxed_opt),
-                  rng=jax.ShapeDtypeStruct((2,), jnp.uint32), step=jax.ShapeDtypeStruct((), jnp.int32))
+                  rng=jax.eval_shape(lambda: jax.random.PRNGKey(0)), step=jax.ShapeDtypeStruct((), jnp.int32))
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return abstract, shardings
 

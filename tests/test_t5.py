@@ -133,3 +133,12 @@ def test_random_init_shapes_match_hf_names():
     import flax.linen as nn
     state, _ = hf.from_flax({"encoder": nn.unbox(params)["params"]}, cfg)
     hf.check_state(state, cfg, where="random init")
+
+
+def test_attention_option_validated():
+  with pytest.raises(ValueError, match="attention must be xla|cudnn"):
+    T5Config(attention="flash")
+  cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, attention="cudnn")
+  tokens = jnp.ones((2, 8), jnp.int32)
+  with pytest.raises(ValueError, match="needs bf16/fp16 compute"):
+    T5Encoder(cfg).init(jax.random.PRNGKey(0), tokens, tokens > 0)
