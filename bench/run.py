@@ -44,7 +44,7 @@ SUITES = {
                     doc_length=256, num_negatives=1, dtype="bfloat16"),
         scaling=dict(size="base", global_batches=(32, 64, 128), query_length=256, doc_length=256,
                      num_negatives=1, reps=3, fake_devices=(), dtype="bfloat16"),
-        fit=dict(size="large", global_batch=4096, chunk=256, query_length=256, doc_length=256, num_negatives=1,
+        fit=dict(size="large", global_batch=4096, chunk=128, query_length=256, doc_length=256, num_negatives=1,
                  dtype="bfloat16", remat="full", execute=True),
     ),
     "tiny": dict(
@@ -78,6 +78,8 @@ def main(argv=None):
   p.add_argument("--remat", default=None, choices=("none", "full", "dots"), help="override the train-step remat")
   p.add_argument("--grad-cache-chunk", type=int, default=None, help="override the train-step gradient-cache chunk")
   p.add_argument("--global-batch", type=int, default=0, help="override the train-step global batch")
+  p.add_argument("--no-execute", action="store_true", help="fit: compile-only memory figures (no real step)")
+  p.add_argument("--fit-chunk", type=int, default=0, help="fit: override the gradient-cache chunk")
   p.add_argument("--no-torch", action="store_true", help="train step: time JAX only (no PyTorch re-statement)")
   p.add_argument("--prng", default=None, help="jax_default_prng_impl for the run (threefry2x32 | rbg | unsafe_rbg)")
   args = p.parse_args(argv)
@@ -170,8 +172,12 @@ def main(argv=None):
 
   if "fit" in only and "fit" in suite:
     from bench import memory
-    res = memory.run_fit(memory.MemoryConfig(**{k: v for k, v in suite["fit"].items() if k != "global_batch"},
-                                             global_batches=(suite["fit"]["global_batch"],)))
+    kw = {k: v for k, v in suite["fit"].items() if k != "global_batch"}
+    if args.no_execute:
+      kw["execute"] = False
+    if args.fit_chunk:
+      kw["chunk"] = args.fit_chunk
+    res = memory.run_fit(memory.MemoryConfig(**kw, global_batches=(suite["fit"]["global_batch"],)))
     results["fit"] = res
     tables.append(memory.memory_table(res))
     print(tables[-1], flush=True)

@@ -261,6 +261,42 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+def run_layers(module: nn.Module, block_cls, cfg, x, bias, deterministic: bool):
+  """``cfg.num_layers`` blocks ``block_cls(cfg, name=f"layers_{i}")(x, bias, deterministic)`` in order.
+
+  ``cfg.remat == "none"``: an unrolled Python loop. Otherwise the blocks run under ``lax.scan`` over their stacked
+  parameters with a ``jax.checkpoint``-ed body (``full``: save each block's input only; ``dots``: also the
+  matmul outputs without batch dimensions). The scan is what makes remat save memory: with an unrolled loop XLA
+  schedules the recomputation early and keeps every activation alive (measured: a T5-large gradient-cache chunk
+  needed the same 109 GiB with and without remat on an H100; see BENCHMARKS.md). The parameter tree stays
+  ``layers_0 .. layers_{n-1}`` (checkpoints and conversion are unchanged); the stack is one copy of the layer
+  weights per step. Dropout keys: one per layer, split from the module's ``dropout`` stream (the masks differ from
+  the unrolled path's; both are valid dropout).
+  """
+  n = cfg.num_layers
+  if cfg.remat == "none" or module.is_initializing():
+    for i in range(n):
+      x = block_cls(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    return x
+  params = nn.unbox(module.variables["params"])
+  missing = [f"layers_{i}" for i in range(n) if f"layers_{i}" not in params]
+  if missing:
+    raise ValueError(f"parameters {missing} are missing (num_layers={n})")
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"layers_{i}"] for i in range(n)])
+  keys = (jax.random.split(module.make_rng("dropout"), n) if not deterministic and cfg.dropout_rate > 0
+          else jnp.zeros((n, 2), jnp.uint32))
+  block = block_cls(cfg, parent=None)
+
+  def body(h, xs):
+    p, key = xs
+    rngs = {"dropout": key} if not deterministic and cfg.dropout_rate > 0 else None
+    return block.apply({"params": p}, h, bias, deterministic, rngs=rngs), None
+
+  policy = None if cfg.remat == "full" else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+  x, _ = jax.lax.scan(jax.checkpoint(body, policy=policy, prevent_cse=False), x, (stacked, keys))
+  return x
+
+
 class T5Encoder(nn.Module):
   """``tokens [B, L] int32``, ``mask [B, L]`` (1 = attend) -> last hidden states ``[B, L, d_model]``."""
   config: T5Config
@@ -292,12 +328,7 @@ class T5Encoder(nn.Module):
       keep = keep & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
     bias = AttentionBias(pos_bias, keep, jnp.sum(mask.astype(jnp.int32), axis=-1))
 
-    block = Block
-    if cfg.remat != "none":
-      policy = None if cfg.remat == "full" else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-      block = nn.remat(Block, static_argnums=(3,), policy=policy)
-    for i in range(cfg.num_layers):
-      x = block(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    x = run_layers(self, Block, cfg, x, bias, deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))

@@ -101,7 +101,11 @@ def test_bf16_params_and_remat_run(relu_dir):
     def loss_ref(p):
       return jnp.sum(T5Encoder(ref_cfg).apply({"params": p}, tokens, mask) ** 2)
     g, g_ref = jax.grad(loss)(params), jax.grad(loss_ref)(params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g, g_ref)
+    # remat runs the blocks under lax.scan: the same math, fp32 sums in another order.
+    def close(a, b):
+      a, b = np.asarray(a), np.asarray(b)
+      assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b) + 1e-7, np.linalg.norm(a - b) / np.linalg.norm(b)
+    jax.tree.map(close, g, g_ref)
   cfg = T5Config.from_hf(base, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
   p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
   out = T5Encoder(cfg).apply({"params": p16}, tokens, mask)
@@ -142,3 +146,23 @@ def test_attention_option_validated():
   tokens = jnp.ones((2, 8), jnp.int32)
   with pytest.raises(ValueError, match="needs bf16/fp16 compute"):
     T5Encoder(cfg).init(jax.random.PRNGKey(0), tokens, tokens > 0)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_saves_memory(remat):
+  """XLA's buffer assignment of the gradient: remat must cut activation memory (an unrolled loop of
+  ``nn.remat`` blocks did not: XLA hoisted the recomputation and kept every activation, see t5.run_layers)."""
+  def temp_bytes(r):
+    cfg = T5Config(vocab_size=128, d_model=128, d_kv=32, d_ff=512, num_layers=6, num_heads=4, dropout_rate=0.1,
+                   remat=r)
+    enc = T5Encoder(cfg)
+    tokens = jax.ShapeDtypeStruct((32, 128), jnp.int32)
+    params = jax.eval_shape(lambda: enc.init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32),
+                                             jnp.ones((1, 8), jnp.int32))["params"])
+    def loss(p, t, key):
+      out = enc.apply({"params": p}, t, t > 0, deterministic=False, rngs={"dropout": key})
+      return jnp.sum(out.astype(jnp.float32) ** 2)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return jax.jit(jax.grad(loss)).lower(params, tokens, key).compile().memory_analysis().temp_size_in_bytes
+  none, saved = temp_bytes("none"), temp_bytes(remat)
+  assert saved < 0.5 * none, (remat, saved, none)
