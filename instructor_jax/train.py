@@ -198,25 +198,42 @@ def _constrain(x, spec, mesh):
   return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
 
 
-def _to_chunks(x, mesh, shards: int, k: int):
-  """``[B, ...]`` -> ``[k, B/k, ...]`` where chunk j holds rows ``j*c .. j*c+c-1`` of every shard (c = B/(S k))."""
-  b, rest = x.shape[0], x.shape[1:]
-  c = b // (shards * k)
-  none = (None,) * len(rest)
-  x = _constrain(x.reshape(shards, k, c, *rest), (sharding.BATCH_AXES, None, None) + none, mesh)
-  x = jnp.swapaxes(x, 0, 1)
-  x = _constrain(x, (None, sharding.BATCH_AXES, None) + none, mesh)
-  return _constrain(x.reshape(k, shards * c, *rest), (None, sharding.BATCH_AXES) + none, mesh)
+_REPLICATED = jax.sharding.PartitionSpec()
 
 
-def _from_chunks(x, mesh, shards: int):
-  """Inverse of ``_to_chunks``: ``[k, S c, ...]`` -> ``[B, ...]``."""
-  k, sc, rest = x.shape[0], x.shape[1], x.shape[2:]
-  none = (None,) * len(rest)
-  x = _constrain(x.reshape(k, shards, sc // shards, *rest), (None, sharding.BATCH_AXES, None) + none, mesh)
-  x = jnp.swapaxes(x, 0, 1)
-  x = _constrain(x, (sharding.BATCH_AXES, None, None) + none, mesh)
-  return _constrain(x.reshape(k * sc, *rest), (sharding.BATCH_AXES,) + none, mesh)
+def _spec_axes(entry) -> tuple:
+  """The mesh axes of one ``PartitionSpec`` entry (``None``, a name or a tuple of names), in order."""
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _drop_axes(entry, axes):
+  """A ``PartitionSpec`` entry (or a logical-axis rule's mesh axes) without the mesh axes ``axes``."""
+  kept = tuple(a for a in _spec_axes(entry) if a not in axes)
+  return None if not kept else kept[0] if len(kept) == 1 else kept
+
+
+def _only_axes(entry, axes):
+  """A ``PartitionSpec`` entry restricted to the mesh axes ``axes`` (a ``shard_map`` spec names only its own)."""
+  kept = tuple(a for a in _spec_axes(entry) if a in axes)
+  return None if not kept else kept[0] if len(kept) == 1 else kept
+
+
+def _reduce_partial(x, spec, axes, mesh):
+  """Sums this shard's partial gradient ``x`` over the (manual) mesh axes ``axes`` inside ``shard_map``.
+
+  Where the parameter's ``spec`` shards a dimension over some of ``axes`` (FSDP: ``embed`` over ``fsdp``), the sum
+  is a reduce-scatter along that dimension, leaving each device its own slice; over the other axes (``data``) an
+  all-reduce. Axes of size 1 are never scattered over (a one-device reduce-scatter is not free on every backend);
+  they join the all-reduce, where they cost nothing.
+  """
+  done = ()
+  for dim, entry in enumerate(spec):
+    names = tuple(a for a in _spec_axes(entry) if a in axes and mesh.shape[a] > 1)
+    if names:
+      x = jax.lax.psum_scatter(x, names[0] if len(names) == 1 else names, scatter_dimension=dim, tiled=True)
+      done += names
+  rest = tuple(a for a in axes if a not in done)
+  return jax.lax.psum(x, rest) if rest else x
 
 
 def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_shardings):
@@ -251,41 +268,99 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
     return grads, metrics
 
   def grad_cache_grads(trainable, batch, rng):
+    """GradCache over the global batch, with the gradients reduced over the batch axes once per step.
+
+    Passes (a) (embed every chunk, no activations kept) and (c) (each chunk's VJP, accumulated) run inside one
+    ``jax.shard_map`` each, manual over the batch axes (``data``, ``fsdp``) and automatic over ``tensor``. Each
+    device embeds and differentiates only its own rows, so it accumulates *its own, un-reduced* partial gradient
+    (one params-sized buffer per device, whatever k), and a single psum / psum_scatter after the scan reduces it.
+    Why not the alternatives: under automatic sharding an accumulator constrained to the parameter sharding is a
+    complete (reduced) value in every scan iteration, so XLA all-reduces the whole gradient once per chunk (k x
+    the bytes; what this replaced). A ``[S, ...params]`` accumulator vmapped over S shards would need the model's
+    own ``batch -> (data, fsdp)`` activation constraints switched off inside the vmap and relies on the
+    partitioner to keep the vmapped VJP device-local; ``shard_map`` states it.
+
+    FSDP: parameters are all-gathered over ``fsdp`` once per step (not per layer and chunk) and the accumulator
+    holds the full (``tensor``-sharded) gradient on every device, i.e. one gathered parameter copy plus one
+    gradient copy instead of 1/fsdp slices: the price of reducing once. Pass (b), the loss over the global
+    batch, stays automatic (XLA gathers the embeddings). Dropout: a chunk's key is folded with the shard index
+    (the same in (a) and (c), so the recomputed activations are the ones the loss saw); masks therefore depend
+    on the mesh, as they already depended on the chunking.
+    """
     b = batch["query_tokens"].shape[0]
     if b % chunk or chunk % shards:
       raise ValueError(f"grad_cache_chunk={chunk} must divide global_batch_size={b} and be a multiple of the "
                        f"{shards} batch shards (data x fsdp)")
     k = b // chunk
-    # Each group [B, T, ...] -> [k, chunk, T, ...]: chunk j = `chunk / shards` rows of every shard (device-local).
-    chunked = [(_to_chunks(t, mesh, shards, k), _to_chunks(il, mesh, shards, k)) for t, il in _groups(batch)]
+    axes = tuple(sharding.BATCH_AXES)
+    rows = jax.sharding.PartitionSpec(axes)
+    groups = _groups(batch)  # [(tokens [B, T, L], instr_len [B, T])], rows split over the batch axes
     keys = jax.vmap(lambda j: jnp.stack([jax.random.fold_in(jax.random.fold_in(rng, i), j)
-                                         for i in range(len(chunked))]))(jnp.arange(k))  # [k, groups] keys
+                                         for i in range(len(groups))]))(jnp.arange(k))  # [k, groups] keys
+    # Inside the shard_maps the batch axes are manual: activation constraints may only name the other axes.
+    local_rules = tuple((name, _drop_axes(mesh_axes, axes)) for name, mesh_axes in nn.get_logical_axis_rules())
+    # Parameters enter replicated over the batch axes (FSDP: gathered here, once; tensor sharding kept).
+    model_sh = param_shardings["model"]
+    gathered = jax.lax.with_sharding_constraint(trainable["model"], jax.tree.map(
+        lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+            *(_drop_axes(e, axes) for e in s.spec))), model_sh))
+    grad_specs = jax.tree.map(
+        lambda s: jax.sharding.PartitionSpec(*(_only_axes(e, axes) for e in s.spec)), model_sh)
 
-    def embed_chunk(model_params, xs):
-      chunk_groups, chunk_keys = xs
-      return [embed(model_params, t, il, chunk_keys[i]) for i, (t, il) in enumerate(chunk_groups)]
+    def local_chunks(x):
+      """This shard's rows ``[B/S, ...]`` -> ``[k, C/S, ...]``: chunk j = its rows ``j*C/S ..`` (as before)."""
+      return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+
+    def embed_chunk(model_params, chunk_groups, chunk_keys):
+      """One chunk of this shard's rows: ``[[C/S, T, L]]`` -> ``[[C/S, T, D]]``."""
+      shard = jax.lax.axis_index(axes) if dropout else None
+      out = []
+      for i, (t, il) in enumerate(chunk_groups):
+        n, width, length = t.shape
+        rngs = {"dropout": jax.random.fold_in(chunk_keys[i], shard)} if dropout else None
+        e = model.apply({"params": model_params}, t.reshape(n * width, length), il.reshape(n * width),
+                        deterministic=not dropout, rngs=rngs)
+        out.append(e.reshape(n, width, -1))
+      return out
 
     # (a) embeddings of every chunk, no activations kept.
-    params_sg = jax.lax.stop_gradient(trainable["model"])
-    embs = jax.lax.map(lambda xs: embed_chunk(params_sg, xs), (chunked, keys))  # [[k, chunk, T, D]]
-    embs = [_from_chunks(e, mesh, shards) for e in embs]  # [[B, T, D]]
+    @functools.partial(jax.shard_map, mesh=mesh, in_specs=(_REPLICATED, rows, _REPLICATED), out_specs=rows,
+                       axis_names=frozenset(axes))
+    def embed_all(model_params, local_groups, all_keys):
+      with nn.logical_axis_rules(local_rules):
+        chunked = [(local_chunks(t), local_chunks(il)) for t, il in local_groups]
+        embs = jax.lax.map(lambda xs: embed_chunk(model_params, *xs), (chunked, all_keys))  # [[k, C/S, T, D]]
+        return [e.reshape(-1, *e.shape[2:]) for e in embs]  # [[B/S, T, D]], this shard's rows in order
 
-    # (b) loss and its gradient w.r.t. the embeddings (and the temperature).
+    embs = embed_all(jax.lax.stop_gradient(gathered), groups, keys)  # [[B, T, D]]
+
+    # (b) loss over the global batch and its gradient w.r.t. the embeddings (and the temperature).
     (_, metrics), (g_tr, g_embs) = jax.value_and_grad(score, argnums=(0, 1), has_aux=True)(trainable, embs)
-    g_chunks = [_to_chunks(g, mesh, shards, k) for g in g_embs]
 
-    # (c) re-run each chunk with its VJP and accumulate the parameter gradients.
-    def body(acc, xs):
-      chunk_in, g = xs
-      _, vjp = jax.vjp(lambda mp: embed_chunk(mp, chunk_in), trainable["model"])
-      (g_model,) = vjp(list(g))
-      acc = jax.tree.map(lambda a, d: a + d, acc, g_model)
-      return jax.lax.with_sharding_constraint(acc, param_shardings["model"]), None
+    # (c) re-run each chunk with its VJP; accumulate this shard's partial gradient; reduce once after the scan.
+    @functools.partial(jax.shard_map, mesh=mesh, in_specs=(_REPLICATED, rows, _REPLICATED, rows),
+                       out_specs=grad_specs, axis_names=frozenset(axes))
+    def accumulate(model_params, local_groups, all_keys, local_g):
+      with nn.logical_axis_rules(local_rules):
+        # Varying over the batch axes: the VJP then returns this shard's own partial sum. (With the replicated
+        # value, the transpose of its implicit broadcast would psum every chunk's gradient: the per-chunk
+        # all-reduce this avoids.)
+        model_params = jax.lax.pcast(model_params, axes, to="varying")
+        chunked = [(local_chunks(t), local_chunks(il)) for t, il in local_groups]
 
-    zeros = jax.tree.map(jnp.zeros_like, trainable["model"])
-    g_model, _ = jax.lax.scan(body, zeros, ((chunked, keys), g_chunks))
+        def body(acc, xs):
+          (chunk_groups, chunk_keys), g = xs
+          _, vjp = jax.vjp(lambda mp: embed_chunk(mp, chunk_groups, chunk_keys), model_params)
+          (g_model,) = vjp(list(g))
+          return jax.tree.map(jnp.add, acc, g_model), None
+
+        acc, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, model_params),
+                              ((chunked, all_keys), [local_chunks(g) for g in local_g]))
+        return jax.tree.map(lambda x, s: _reduce_partial(x, s.spec, axes, mesh), acc, model_sh)
+
+    g_model = accumulate(gathered, groups, keys, list(g_embs))
     grads = dict(g_tr)
-    grads["model"] = g_model
+    grads["model"] = jax.lax.with_sharding_constraint(g_model, model_sh)
     return grads, metrics
 
   def step(state, batch):

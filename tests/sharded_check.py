@@ -2,6 +2,8 @@
 
 For each mesh, trains the tiny config for 3 steps from the same init and records losses and final parameters;
 compares with the 1-device run. Also compares gradient-cached gradients with uncached ones on a sharded mesh.
+Modes (argv[1]): ``all``, ``meshes``, ``grad_cache``; for test_train.py: ``grad_cache_dropout`` (cached gradient
+vs a finite difference of the loss, dropout on) and ``hlo OUT_DIR`` (writes the compiled grad-cache step's HLO).
 """
 import os
 import sys
@@ -48,6 +50,15 @@ def grads(config, mesh):
   return jax.tree.map(np.asarray, g), float(m["loss"])
 
 
+def compiled_hlo(config, mesh):
+  """Optimized HLO text of the jitted train step for ``config`` on ``mesh`` (compiled, not run)."""
+  import jax.numpy as jnp
+  s = train.setup(config, mesh)
+  batch = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=s.batch_shardings[k])
+           for k, v in train.batch_shapes(config).items()}
+  return s.p_step.lower(s.abstract, batch).compile().as_text()
+
+
 def rel_diff(a, b):
   num = np.sqrt(sum(float(np.sum((x - y) ** 2)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
   den = np.sqrt(sum(float(np.sum(y ** 2)) for y in jax.tree.leaves(b)))
@@ -89,6 +100,40 @@ def main():
     gc.grad_cache_chunk = 4  # 4 chunks of 4 queries = 1 row of each of the 4 batch shards (data 4 x tensor 2)
     g_gc, l_gc = grads(gc, sharding.make_mesh((4, 1, 2), devs))
     out["grad_cache_split"] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
+  if which == "grad_cache_dropout":
+    # With dropout, pass (c) must recompute exactly the activations pass (a) scored (same keys, same rows per
+    # shard): only then is the cached gradient the derivative of the loss the step reports. Central difference of
+    # that loss along the unit gradient direction u vs <g, u> = |g| (data 4 x fsdp 2, 2 chunks of 8).
+    dc = tiny_config.get_config()
+    dc.global_batch_size = 16
+    dc.grad_cache_chunk = 8
+    dc.loss.temperature = 0.5  # a smoother loss than 0.01 for the finite difference
+    mesh = sharding.make_mesh((4, 2, 1), devs)
+    s = train.setup(dc, mesh)
+    state = train.create_state(s.spec, s.tx, dc, s.abstract, s.shardings)
+    stream = train.SyntheticStream(dc.data, dc.model.t5["vocab_size"], dc.global_batch_size, dc.seed)
+    batch = sharding.global_batch(mesh, stream.get(0))
+    fn = jax.jit(s.grad_fn, in_shardings=(s.shardings["params"], s.batch_shardings, None),
+                 out_shardings=(s.shardings["params"], None))
+    key = jax.random.PRNGKey(7)
+    g, _ = fn(state["params"], batch, key)
+    norm = float(np.sqrt(sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(g))))
+    eps = 1e-2
+    loss = [float(fn(jax.tree.map(lambda p, d: p + sign * eps * d / norm, state["params"], g), batch, key)[1]["loss"])
+            for sign in (1, -1)]
+    out["grad_cache_dropout"] = dict(finite_difference=(loss[0] - loss[1]) / (2 * eps), grad_norm=norm)
+  if which == "hlo":  # sharded_check.py hlo OUT_DIR: the grad-cache step on data 4 x fsdp 2, 2 and 4 chunks
+    hc = tiny_config.get_config()
+    hc.global_batch_size = 32
+    hc.data.max_query_length = hc.data.max_doc_length
+    mesh = sharding.make_mesh((4, 2, 1), devs)
+    out["hlo"] = {}
+    for k in (2, 4):
+      hc.grad_cache_chunk = hc.global_batch_size // k
+      path = os.path.join(sys.argv[2], f"grad_cache_k{k}.hlo")
+      with open(path, "w") as f:
+        f.write(compiled_hlo(hc, mesh))
+      out["hlo"][k] = path
   print("RESULT " + json.dumps(out), flush=True)
 
 

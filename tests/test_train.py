@@ -2,10 +2,13 @@
 
 Runs: an uninterrupted baseline; kill -9 mid-run then rerun (bitwise-equal parameters); 2 processes with
 jax.distributed on 127.0.0.1 (same losses); SIGTERM (saves, exit 0); NaN stop (keeps the last good checkpoint);
---compile_only; save_params / restore_params / init_checkpoint / init_from.
+--compile_only; save_params / restore_params / init_checkpoint / init_from; gradient caching over 2 processes vs
+the plain step on 1, and the compiled grad-cache step on 8 fake devices (gradients reduced once, not per chunk).
 """
 import json
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -148,6 +151,87 @@ def test_two_processes_match_one(baseline, tmp_path):
   b, _ = checkpoints.restore_params(wd)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_grad_cache_one_and_two_processes_match_uncached(tmp_path):
+  """Gradient caching (2 chunks) on 1 device and across 2 processes (mesh data=2: shard_map over processes) = the
+  plain step on 1 device (dropout off)."""
+  steps = ("--config.num_train_steps=4", "--config.checkpoint_every_steps=4", "--config.model.t5.dropout_rate=0.0")
+  ref = tmp_path / "plain"
+  run(ref, *steps)
+  one = tmp_path / "cached_one"
+  run(one, *steps, "--config.grad_cache_chunk=4")
+  wd = tmp_path / "cached"
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cmd(wd, *steps, "--config.grad_cache_chunk=4",
+           flags=("--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i))),
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  a, _ = checkpoints.restore_params(ref)
+  for got in (one, wd):
+    np.testing.assert_allclose([r["loss"] for r in metrics(got)], [r["loss"] for r in metrics(ref)], rtol=1e-5)
+    b, _ = checkpoints.restore_params(got)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def _reductions(hlo: str):
+  """``(outside, inside)``: all-reduce / reduce-scatter ops of compiled HLO text as ``(count, result bytes)``,
+  outside any while loop and inside one (a loop body or condition, or any computation those call)."""
+  comps, refs, cur = {}, {}, None
+  for line in hlo.splitlines():
+    if line and not line[0].isspace() and line.rstrip().endswith("{"):  # computation header
+      cur = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      comps[cur], refs[cur] = [], set()
+    elif cur is not None:
+      comps[cur].append(line)
+      for names in re.findall(r"(?:body|condition|to_apply|calls|branch_computations)=\{?([%\w.\-, ]+)", line):
+        refs[cur] |= {n.strip().lstrip("%") for n in names.split(",")}
+  in_loop = {n.lstrip("%") for n in re.findall(r"(?:body|condition)=(%?[\w.\-]+)", hlo)}
+  todo = list(in_loop)
+  while todo:
+    for callee in refs.get(todo.pop(), ()):
+      if callee in comps and callee not in in_loop:
+        in_loop.add(callee)
+        todo.append(callee)
+  out = {False: [0, 0], True: [0, 0]}
+  for name, lines in comps.items():
+    for line in lines:
+      m = re.search(r"=\s*(.*?)\s(?:all-reduce|reduce-scatter)(?:-start)?\(", line)
+      if m:
+        out[name in in_loop][0] += 1
+        out[name in in_loop][1] += sum(4 * math.prod(int(d) for d in dims.split(",") if d)
+                                       for dims in re.findall(r"\[([\d,]*)\]", m.group(1)))
+  return tuple(out[False]), tuple(out[True])
+
+
+def test_grad_cache_reduces_gradients_once(tmp_path):
+  """The grad-cache step on 8 fake devices (data 4 x fsdp 2): no gradient reduction inside the chunk loop, and the
+  same reductions (count and bytes) for 2 and 4 chunks; before, every chunk all-reduced the whole gradient."""
+  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py"), "hlo", str(tmp_path)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+  files = json.loads(lines[-1][len("RESULT "):])["hlo"]
+  (out2, in2), (out4, in4) = (_reductions(open(files[k]).read()) for k in ("2", "4"))
+  assert in2 == in4 == (0, 0), (in2, in4)
+  assert out2 == out4 and out2[0] > 0, (out2, out4)
+
+
+def test_grad_cache_gradient_is_derivative_of_loss_with_dropout():
+  """Dropout on, 8 fake devices (data 4 x fsdp 2): the cached gradient is the derivative of the loss the step
+  scored, i.e. the VJP pass re-draws the first pass's dropout masks on every shard (finite difference)."""
+  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py"), "grad_cache_dropout"], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+  r = json.loads(lines[-1][len("RESULT "):])["grad_cache_dropout"]
+  assert r["finite_difference"] == pytest.approx(r["grad_norm"], rel=0.02), r
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
