@@ -6,7 +6,8 @@ Layout of a workdir (checkpoints are orbax step folders directly under it)::
       <step>/params/      parameters (fp32; {'model': InstructorModel params, ['log_temperature']})
       <step>/train/       optimizer state, base RNG key, step counter (absent in params-only checkpoints)
       <step>/data/        data-iterator state (JSON: {'step', 'stream'})
-      <step>/meta/        JSON: model meta (T5 config, out_features, normalize, pad_id, tokenizer) + training config
+      <step>/meta/        JSON: model meta (backbone + HF config, out_features, normalize, pad_id, tokenizer) + training
+                          config
       tokenizer/          the tokenizer files (copied once, so a workdir is self-contained)
       metrics.jsonl, tensorboard/
 
@@ -18,8 +19,11 @@ Public API for other stages (conversion / export):
 
 - ``restore_params(path) -> (params, meta)``: ``path`` is a workdir (latest step) or ``WORKDIR/STEP``;
   ``params`` is the host (numpy) ``InstructorModel`` params tree ``{'encoder': ..., 'dense': ...}``; ``meta`` has
-  ``t5_config`` (HF ``config.json`` dict), ``out_features``, ``normalize``, ``pad_id``, ``max_seq_length``,
-  ``tokenizer_dir`` (absolute), ``tokenizer_files``, ``step`` and, for training checkpoints, ``config``.
+  ``backbone`` (``"t5"`` | ``"bert"``), ``model_config`` (the encoder's HF ``config.json`` dict; its ``model_type``
+  names the backbone too), ``out_features``, ``normalize``, ``pad_id``, ``max_seq_length``, ``tokenizer_dir``
+  (absolute), ``tokenizer_files``, ``step`` and, for training checkpoints, ``config``. T5 checkpoints also carry the
+  same dict as ``t5_config``, the only key checkpoints written before the BERT backbone have; ``model_config(meta)``
+  reads either, so old checkpoints restore unchanged.
 - ``save_params(workdir, params, meta, step=0)``: writes a params-only checkpoint that training can start from
   (``--config.model.init_checkpoint=WORKDIR``) and ``restore_params`` reads.
 """
@@ -37,7 +41,7 @@ import orbax.checkpoint as ocp
 
 ITEMS = ("params", "train", "data", "meta")
 TOKENIZER_SUBDIR = "tokenizer"
-TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+TOKENIZER_FILES = ("spiece.model", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
 
 
@@ -144,6 +148,8 @@ def restore_params(path: str) -> tuple[dict, dict]:
   params = jax.tree.map(np.asarray, dict(out.params))
   meta = dict(out.meta)
   meta["step"] = int(step)
+  if any(meta.get(k) for k in ("model_config", "t5_config", "hf_config")):  # old checkpoints: only t5_config
+    meta.update(backbone_meta(model_config(meta)))
   tok = meta.get("tokenizer_dir", TOKENIZER_SUBDIR)
   meta["tokenizer_dir"] = tok if os.path.isabs(tok) else os.path.join(workdir, tok)
   meta["tokenizer_files"] = tokenizer_files(meta["tokenizer_dir"])
@@ -155,16 +161,37 @@ def restore_params(path: str) -> tuple[dict, dict]:
   return model, meta
 
 
+def model_config(meta: dict) -> dict:
+  """The encoder's HF ``config.json`` dict from checkpoint meta: ``model_config``, or ``t5_config`` (checkpoints
+  written before the BERT backbone), or ``hf_config``."""
+  for key in ("model_config", "t5_config", "hf_config"):
+    if meta.get(key):
+      return dict(meta[key])
+  raise ValueError(f"checkpoint meta has no model config (model_config / t5_config); keys: {sorted(meta)}")
+
+
+def backbone_meta(hf_config: dict) -> dict:
+  """The meta keys naming the encoder: ``backbone``, ``model_config`` and, for T5, the legacy ``t5_config``."""
+  hf_config = dict(hf_config)
+  kind = hf_config.setdefault("model_type", "t5")
+  out = {"backbone": kind, "model_config": hf_config}
+  if kind == "t5":
+    out["t5_config"] = hf_config
+  return out
+
+
 def save_params(workdir: str, params: dict, meta: dict, step: int = 0) -> str:
   """Writes ``params`` (an ``InstructorModel`` tree) and ``meta`` as a params-only checkpoint of ``workdir``.
 
-  ``meta`` needs ``t5_config`` (HF dict), ``out_features``, ``normalize`` and ``tokenizer_dir`` (a folder with the
-  tokenizer files, copied into ``WORKDIR/tokenizer``); ``pad_id`` (0) and ``max_seq_length`` are optional.
-  Returns the step folder.
+  ``meta`` needs the encoder's HF config (``model_config``, or ``t5_config`` as before), ``out_features``,
+  ``normalize`` and ``tokenizer_dir`` (a folder with the tokenizer files, copied into ``WORKDIR/tokenizer``);
+  ``pad_id`` (0) and ``max_seq_length`` are optional. ``backbone`` / ``model_config`` (and ``t5_config`` for T5)
+  are written from that config. Returns the step folder.
   """
-  for key in ("t5_config", "out_features", "normalize", "tokenizer_dir"):
+  for key in ("out_features", "normalize", "tokenizer_dir"):
     if key not in meta:
       raise ValueError(f"save_params: meta needs {key!r}")
+  meta = {**meta, **backbone_meta(model_config(meta))}
   workdir = _abs(workdir)
   os.makedirs(workdir, exist_ok=True)
   copy_tokenizer(meta["tokenizer_dir"], workdir)

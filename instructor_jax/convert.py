@@ -6,13 +6,17 @@
 
 Layouts written by ``to-hf`` (``export_folder``):
 
-- default, **sentence-transformers >= 3** (tested with 6.2): ``config.json`` (T5EncoderModel), ``model.safetensors``,
-  tokenizer files (``spiece.model``, ``tokenizer.json``, ...), ``modules.json`` (Transformer at path ``""``),
-  ``sentence_bert_config.json``, ``config_sentence_transformers.json``, ``1_Pooling/config.json`` (mean,
-  ``"include_prompt": false``), ``2_Dense`` (``linear.weight [out, in]``, no bias, safetensors), ``3_Normalize`` and
-  a ``README.md`` model card. ``SentenceTransformer(DIR).encode(texts, prompt=instruction)`` then gives our
-  embeddings, except where the instruction is exactly one token (see ``ONE_TOKEN_NOTE``).
-- ``legacy=True`` (``--legacy-instructor``): the hkunlp/instructor-* layout for InstructorEmbedding 1.0.1 on
+- default, **sentence-transformers >= 3** (tested with 6.2): ``config.json`` (T5EncoderModel or BertModel),
+  ``model.safetensors``, tokenizer files (``spiece.model`` / ``vocab.txt``, ``tokenizer.json``, ...),
+  ``modules.json`` (Transformer at path ``""``), ``sentence_bert_config.json``, ``config_sentence_transformers.json``,
+  ``1_Pooling/config.json`` (mean, ``"include_prompt": false``), ``2_Dense`` (``linear.weight [out, in]``, no bias,
+  safetensors; only if the model has one), ``N_Normalize`` and a ``README.md`` model card -- the module layout of a
+  sentence-transformers source (a BERT model without Dense such as all-MiniLM-L6-v2 exports as Transformer,
+  ``1_Pooling``, ``2_Normalize``). ``SentenceTransformer(DIR).encode(texts, prompt=instruction)`` then gives our
+  embeddings, except where the ``n <= 1`` rule applies (T5: a one-token instruction, see ``ONE_TOKEN_NOTE``; BERT:
+  an instruction with no tokens, see ``BERT_NOTE``). BERT exports keep the pooler weights (a complete
+  ``BertModel``).
+- ``legacy=True`` (``--legacy-instructor``, T5 only): the hkunlp/instructor-* layout for InstructorEmbedding 1.0.1 on
   sentence-transformers 2.2.2: ``InstructorEmbedding.INSTRUCTOR_Transformer`` at path ``""``, a ``1_Pooling`` config
   *without* ``include_prompt`` (INSTRUCTOR_Pooling rejects unknown keys), ``2_Dense/pytorch_model.bin`` (2.2.2
   reads nothing else) and ``sentence_bert_config.json`` with only ``max_seq_length`` / ``do_lower_case`` (its
@@ -20,7 +24,8 @@ Layouts written by ``to-hf`` (``export_folder``):
 
 Every export is written to a temporary folder next to ``out`` and renamed at the end, after it verified itself
 (``verify_export``): the written tensors read back bit-exactly (fp32), our loader reproduces the source
-embeddings, ``transformers.T5EncoderModel`` plus the INSTRUCTOR pooling rule reproduces our loader (<= 1e-5), and
+embeddings, ``transformers.T5EncoderModel`` / ``BertModel`` plus the INSTRUCTOR pooling rule reproduces our loader
+(<= 1e-5), and
 for the default layout sentence-transformers with ``prompt=`` reproduces them too. A failure raises
 ``VerificationError`` (exit status 2 on the command line) and leaves nothing behind.
 """
@@ -41,9 +46,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from instructor_jax import hf
+from instructor_jax.bert import BertConfig
 from instructor_jax.t5 import T5Config
 
-TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+TOKENIZER_FILES = ("spiece.model", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
 DTYPES = ("float32", "float16", "bfloat16")
 ATOL = 1e-5
@@ -56,6 +62,14 @@ ONE_TOKEN_NOTE = (
     "ours; for every other instruction (and for no instruction) they agree to 1e-5 in fp32. INSTRUCTOR also strips "
     "the text before joining (`instruction + text.strip()`) while sentence-transformers joins `prompt + text`: "
     "pass stripped texts.")
+
+BERT_NOTE = (
+    "With this BERT encoder the INSTRUCTOR rule excludes `[CLS]` and the instruction's tokens from the mean pooling "
+    "(`n = len(tokens(instruction)) - 1`, dropping `[SEP]`), which is what sentence-transformers does with "
+    "`prompt=instruction` and `\"include_prompt\": false`; the two agree to 1e-5 in fp32 for every instruction that "
+    "has at least one token. An instruction with no tokens (e.g. only spaces) masks nothing here (`n <= 1 -> 0`: "
+    "`[CLS]` is pooled) while sentence-transformers excludes `[CLS]`. Plain texts (no instruction) pool every token, "
+    "`[CLS]` and `[SEP]` included, in both.")
 
 # Inputs encoded by the self-check: instructions of several lengths, a one-token instruction, plain strings,
 # non-ASCII, an empty text, and a text long enough to be truncated at the verification max_length.
@@ -88,22 +102,34 @@ class ConvertError(ValueError):
 # Writing
 
 
-def _as_t5_config(t5_config: T5Config | Mapping[str, Any]) -> tuple[T5Config, dict]:
-  """Accepts a ``T5Config`` or a parsed HF ``config.json``; returns both forms (the HF dict as T5EncoderModel)."""
-  if isinstance(t5_config, T5Config):
-    cfg, hf_cfg = t5_config, t5_config.to_hf()
+# The config.json fields that shape the encoder: an export writes ours over the source's.
+SHAPE_FIELDS = {
+    "t5": ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
+           "relative_attention_max_distance", "layer_norm_epsilon", "feed_forward_proj", "model_type"),
+    "bert": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+             "position_embedding_type", "model_type"),
+}
+
+
+def _as_config(config: T5Config | BertConfig | Mapping[str, Any], params: Mapping[str, Any] | None = None
+               ) -> tuple[T5Config | BertConfig, dict]:
+  """Accepts a ``T5Config`` / ``BertConfig`` or a parsed HF ``config.json``; returns both forms (the HF dict as
+  ``T5EncoderModel`` / ``BertModel``). With ``params``, the config is matched to them (BERT: pooler or not)."""
+  if isinstance(config, (T5Config, BertConfig)):
+    cfg, hf_cfg = config, config.to_hf()
   else:
-    hf_cfg = dict(t5_config)
-    cfg = T5Config.from_hf(hf_cfg)
+    hf_cfg = dict(config)
+    cfg = hf.config_from_hf(hf_cfg)
+  if params is not None:
+    cfg = hf.match_params(cfg, params)
   base = cfg.to_hf()
   # Keep the source's extra fields (e.g. task_specific_params), but the shape fields must be ours.
   hf_cfg = {k: v for k, v in hf_cfg.items() if not k.startswith("_") and k not in ("transformers_version",)}
-  hf_cfg.update({k: v for k, v in base.items() if k in (
-      "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
-      "relative_attention_max_distance", "layer_norm_epsilon", "feed_forward_proj", "model_type")})
+  hf_cfg.update({k: v for k, v in base.items() if k in SHAPE_FIELDS[hf.backbone(cfg)]})
   for k, v in base.items():
     hf_cfg.setdefault(k, v)
-  hf_cfg["architectures"] = ["T5EncoderModel"]
+  hf_cfg["architectures"] = base["architectures"]
   return cfg, hf_cfg
 
 
@@ -149,7 +175,7 @@ def write_folder(out: str, state: Mapping[str, np.ndarray], dense: np.ndarray | 
   """Writes the files of one layout into an existing empty folder ``out`` (no verification, no renaming)."""
   if dtype not in DTYPES:
     raise ConvertError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-  d_model = int(hf_config["d_model"])
+  d_model = int(hf.config_from_hf(hf_config).d_model)
   cfg = dict(hf_config, torch_dtype=dtype)
   _json(os.path.join(out, "config.json"), cfg)
   _save_tensors(state, os.path.join(out, "model.safetensors"), dtype)
@@ -197,21 +223,26 @@ def write_folder(out: str, state: Mapping[str, np.ndarray], dense: np.ndarray | 
 # Model card
 
 
-def model_card(name: str, *, legacy: bool, dim: int, t5: T5Config, max_seq_length: int, dtype: str,
+def model_card(name: str, *, legacy: bool, dim: int, config: T5Config | BertConfig, max_seq_length: int, dtype: str,
                training_config: Mapping[str, Any] | None = None, eval_results: Mapping[str, Any] | None = None,
-               source: str | None = None) -> str:
+               source: str | None = None, dense: bool = True, normalize: bool = True) -> str:
   """A README.md for the exported folder: loading, instruction format, training config, evaluation results."""
+  kind = hf.backbone(config)
+  encoder = (f"T5 encoder with {config.num_layers} layers, d_model {config.d_model}, `{config.feed_forward_proj}`"
+             if kind == "t5" else
+             f"BERT encoder with {config.num_layers} layers, hidden size {config.d_model}, `{config.hidden_act}`")
+  head = ", followed by a linear layer without bias" if dense else ""
+  head += " and L2 normalisation" if normalize else ""
   lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
-           "tags:", "- sentence-transformers", "- feature-extraction", "- instructor", "- t5", "language: en",
+           "tags:", "- sentence-transformers", "- feature-extraction", "- instructor", f"- {kind}", "language: en",
            "---", "", f"# {name}", "",
-           f"INSTRUCTOR-style instruction-conditioned text embeddings ({dim} dimensions, T5 encoder with "
-           f"{t5.num_layers} layers, d_model {t5.d_model}, `{t5.feed_forward_proj}`), trained with "
+           f"INSTRUCTOR-style instruction-conditioned text embeddings ({dim} dimensions, {encoder}), trained with "
            "instructor_jax (JAX/Flax) and exported"
            + (f" from `{source}`" if source else "") + f" on {datetime.date.today().isoformat()}"
            f" ({dtype} weights).", "",
            "Each input is an instruction and a text. The encoder reads `instruction + text`; the embedding is the "
-           "mean of the token states of the *text* only (instruction tokens are excluded from pooling), followed "
-           "by a linear layer without bias and L2 normalisation.", ""]
+           "mean of the token states of the *text* only (instruction tokens are excluded from pooling)"
+           + head + ".", ""]
   if legacy:
     lines += ["## Usage (InstructorEmbedding 1.0.1, sentence-transformers 2.2.2)", "",
               "This folder has the hkunlp/instructor-* layout for the original package:", "", "```python",
@@ -228,7 +259,7 @@ def model_card(name: str, *, legacy: bool, dim: int, t5: T5Config, max_seq_lengt
               "```", "",
               "`1_Pooling/config.json` sets `\"include_prompt\": false`, so the prompt tokens are excluded from the "
               "mean pooling as INSTRUCTOR does.", "",
-              "**Difference from the INSTRUCTOR rule.** " + ONE_TOKEN_NOTE, ""]
+              "**Difference from the INSTRUCTOR rule.** " + (ONE_TOKEN_NOTE if kind == "t5" else BERT_NOTE), ""]
   lines += ["## Usage (instructor_jax)", "", "```python", "from instructor_jax import Instructor",
             "model = Instructor.from_pretrained('PATH_TO_THIS_FOLDER')",
             "emb = model.encode([['Represent the Science title: ', '3D ActionSLAM: wearable person tracking']])",
@@ -258,15 +289,16 @@ def model_card(name: str, *, legacy: bool, dim: int, t5: T5Config, max_seq_lengt
 
 def reference_encode(folder: str, inputs: Sequence, max_length: int = VERIFY_MAX_LENGTH, batch_size: int = 16
                      ) -> np.ndarray:
-  """``transformers.T5EncoderModel`` + the INSTRUCTOR pooling rule (PyTorch, fp32), reading the folder directly."""
+  """``transformers.T5EncoderModel`` / ``BertModel`` (by ``config.json``'s ``model_type``) + the INSTRUCTOR pooling
+  rule (PyTorch, fp32), reading the folder directly."""
   import torch
-  from transformers import AutoTokenizer, T5EncoderModel
+  from transformers import AutoTokenizer, BertModel, T5EncoderModel
   modules_path = os.path.join(folder, "modules.json")
-  t5_dir, dense, normalize = folder, None, True
+  model_dir, dense, normalize = folder, None, True
   if os.path.exists(modules_path):
     with open(modules_path, encoding="utf-8") as f:
       modules = json.load(f)
-    t5_dir = os.path.join(folder, modules[0]["path"])
+    model_dir = os.path.join(folder, modules[0]["path"])
     normalize = any(m["type"].endswith("Normalize") for m in modules)
     for m in modules:
       if m["type"].endswith("Dense"):
@@ -276,8 +308,10 @@ def reference_encode(folder: str, inputs: Sequence, max_length: int = VERIFY_MAX
           dense = load_file(os.path.join(d, "model.safetensors"))["linear.weight"].float()
         else:
           dense = torch.load(os.path.join(d, "pytorch_model.bin"), weights_only=True)["linear.weight"].float()
-  tok = AutoTokenizer.from_pretrained(t5_dir)
-  model = T5EncoderModel.from_pretrained(t5_dir, dtype=torch.float32).eval()
+  tok = AutoTokenizer.from_pretrained(model_dir)
+  with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+    model_cls = BertModel if json.load(f).get("model_type") == "bert" else T5EncoderModel
+  model = model_cls.from_pretrained(model_dir, dtype=torch.float32).eval()
   out = []
   for start in range(0, len(inputs), batch_size):
     joined, n = [], []
@@ -311,7 +345,8 @@ def sentence_transformers_encode(folder: str, inputs: Sequence, max_length: int 
   """Embeds with ``SentenceTransformer(folder).encode(texts, prompt=instruction)`` (one call per instruction).
 
   Returns ``(embeddings, comparable)``: ``comparable[i]`` is False where the INSTRUCTOR rule and
-  sentence-transformers are documented to differ (an instruction of exactly one token, see ``ONE_TOKEN_NOTE``).
+  sentence-transformers are documented to differ: where the instruction tokenises to two ids, i.e. ``n = 1`` (T5: one
+  token + ``</s>``, ``ONE_TOKEN_NOTE``; BERT: ``[CLS] [SEP]`` of an instruction without tokens, ``BERT_NOTE``).
   """
   from sentence_transformers import SentenceTransformer
   model = SentenceTransformer(folder, device="cpu")
@@ -348,7 +383,7 @@ def verify_export(folder: str, expected: np.ndarray | None, *, legacy: bool, dty
   - ``state`` / ``dense`` (fp32 only): the tensors read back from the folder equal them bit for bit;
   - ``expected`` (embeddings of ``pairs`` from the source parameters): our loader on the folder matches them
     (<= 1e-5 in fp32; cosine >= 0.99 for fp16/bf16 weights);
-  - transformers ``T5EncoderModel`` + reference pooling matches our loader (<= 1e-5, fp32 compute);
+  - transformers ``T5EncoderModel`` / ``BertModel`` + reference pooling matches our loader (<= 1e-5, fp32);
   - default layout: sentence-transformers with ``prompt=`` matches our loader (<= 1e-5) except one-token
     instructions; legacy layout: the files InstructorEmbedding 1.0.1 needs are present and parse.
   """
@@ -377,7 +412,7 @@ def verify_export(folder: str, expected: np.ndarray | None, *, legacy: bool, dty
         raise VerificationError(f"{folder}: {dtype} embeddings have cosine {cos:.4f} < 0.99 to the fp32 source")
   diff = report["torch_reference"] = _max_diff(reference_encode(folder, pairs, max_length), ours)
   if diff > ATOL:
-    raise VerificationError(f"{folder}: transformers T5EncoderModel + INSTRUCTOR pooling differs from our loader "
+    raise VerificationError(f"{folder}: the transformers encoder + INSTRUCTOR pooling differs from our loader "
                             f"by {diff:.2e} > {ATOL}")
   if legacy:
     _check_legacy_files(folder)
@@ -436,7 +471,8 @@ def _sigterm_as_exception():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _source_embeddings(params, cfg: T5Config, normalize: bool, tokenizer_dir: str, pairs, max_length: int):
+def _source_embeddings(params, cfg: T5Config | BertConfig, normalize: bool, tokenizer_dir: str, pairs,
+                       max_length: int):
   import jax
   import jax.numpy as jnp
   from instructor_jax.embedder import Instructor, InstructorModel
@@ -470,31 +506,39 @@ def _fix_permissions(root: str) -> None:
       os.chmod(os.path.join(d, n), 0o666 & ~umask)
 
 
-def export_folder(params: Mapping[str, Any], t5_config: T5Config | Mapping[str, Any], out: str, *,
+def export_folder(params: Mapping[str, Any], config: T5Config | BertConfig | Mapping[str, Any], out: str, *,
                   tokenizer_dir: str, normalize: bool = True, legacy: bool = False, dtype: str = "float32",
                   max_seq_length: int = 512, card: str | Mapping[str, Any] | None = None, overwrite: bool = False,
                   verify: bool = True, log=print) -> str:
   """Writes ``params`` (the ``InstructorModel`` pytree, any float dtype) as an HF / sentence-transformers folder.
 
-  ``t5_config``: a ``T5Config`` or the HF ``config.json`` dict. ``params['dense']['kernel'] [in, out]`` becomes
-  ``2_Dense`` (absent: no Dense module). ``card``: the README text, or a dict of ``model_card`` keyword arguments
-  (``name``, ``training_config``, ``eval_results``, ``source``). The folder appears at ``out`` only complete and
-  verified; returns ``out``.
+  ``config``: a ``T5Config`` / ``BertConfig`` or the encoder's HF ``config.json`` dict (the backbone is its
+  ``model_type``). ``params['dense']['kernel'] [in, out]`` becomes ``2_Dense`` (absent: no Dense module). ``card``:
+  the README text, or a dict of ``model_card`` keyword arguments (``name``, ``training_config``, ``eval_results``,
+  ``source``). For BERT, ``max_seq_length`` and the verification length are capped at ``max_position_embeddings``.
+  The folder appears at ``out`` only complete and verified; returns ``out``.
   """
   out = os.path.abspath(os.fspath(out))
   if os.path.exists(out) and not overwrite:
     raise ConvertError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
   if dtype not in DTYPES:
     raise ConvertError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-  cfg, hf_cfg = _as_t5_config(t5_config)
+  cfg, hf_cfg = _as_config(config, params)
+  if legacy and hf.backbone(cfg) != "t5":
+    raise ConvertError("--legacy-instructor writes the hkunlp/instructor-* layout, which is for T5 models; export "
+                       f"this {hf.backbone(cfg)} model in the default sentence-transformers layout")
   check_vocab(cfg.vocab_size, tokenizer_dir)
+  verify_length = VERIFY_MAX_LENGTH
+  if isinstance(cfg, BertConfig):  # no positions beyond the table
+    max_seq_length = min(max_seq_length, cfg.max_position_embeddings)
+    verify_length = min(verify_length, cfg.max_position_embeddings)
   state, dense = hf.from_flax(params, cfg, dtype=np.float32)
   hf.check_state(state, cfg, where="params")
   if not isinstance(card, str):
     kw = dict(card or {})
     kw.setdefault("name", os.path.basename(out))
-    card = model_card(legacy=legacy, dim=int(dense.shape[0]) if dense is not None else cfg.d_model, t5=cfg,
-                      max_seq_length=max_seq_length, dtype=dtype, **kw)
+    card = model_card(legacy=legacy, dim=int(dense.shape[0]) if dense is not None else cfg.d_model, config=cfg,
+                      max_seq_length=max_seq_length, dtype=dtype, dense=dense is not None, normalize=normalize, **kw)
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
@@ -505,8 +549,9 @@ def export_folder(params: Mapping[str, Any], t5_config: T5Config | Mapping[str, 
                    max_seq_length=max_seq_length, card=card)
       _fix_permissions(tmp)
       if verify:
-        expected = _source_embeddings(params, cfg, normalize, tokenizer_dir, VERIFY_PAIRS, VERIFY_MAX_LENGTH)
-        verify_export(tmp, expected, legacy=legacy, dtype=dtype, state=state, dense=dense, log=log)
+        expected = _source_embeddings(params, cfg, normalize, tokenizer_dir, VERIFY_PAIRS, verify_length)
+        verify_export(tmp, expected, legacy=legacy, dtype=dtype, state=state, dense=dense, max_length=verify_length,
+                      log=log)
       if os.path.exists(out):
         backup = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
         os.rename(out, os.path.join(backup, "old"))
@@ -546,10 +591,10 @@ def load_checkpoint(path: str):
                        f"not available: {e}") from e
   params, meta = checkpoints.restore_params(path)
   meta = dict(meta or {})
-  hf_config = _meta_get(meta, "t5_config", "hf_config")
+  hf_config = _meta_get(meta, "model_config", "t5_config", "hf_config")  # t5_config: checkpoints before BERT
   if hf_config is None:
-    raise ConvertError(f"{path}: checkpoint metadata has no HF T5 config (keys: {sorted(meta)})")
-  if isinstance(hf_config, T5Config):
+    raise ConvertError(f"{path}: checkpoint metadata has no HF encoder config (keys: {sorted(meta)})")
+  if isinstance(hf_config, (T5Config, BertConfig)):
     hf_config = hf_config.to_hf()
   tokenizer_dir = _meta_get(meta, "tokenizer_dir", "tokenizer")
   if tokenizer_dir is None or not os.path.isdir(tokenizer_dir):
@@ -570,8 +615,8 @@ def load_hf(path_or_hub_id: str):
   """``(params numpy fp32, hf_config, normalize, tokenizer_dir, max_seq_length)`` from an HF folder or hub id."""
   from instructor_jax.embedder import _resolve
   folder = hf.read_folder(_resolve(path_or_hub_id))
-  params = hf.to_flax(folder.state, folder.t5_config, folder.dense, dtype=np.float32)
-  return params, folder.hf_config, folder.normalize, folder.t5_dir, folder.max_seq_length
+  params = hf.to_flax(folder.state, folder.config, folder.dense, dtype=np.float32)
+  return params, folder.hf_config, folder.normalize, folder.model_dir, folder.max_seq_length
 
 
 def import_hf(model: str, workdir: str, step: int = 0, log=print) -> str:
@@ -590,9 +635,9 @@ def import_hf(model: str, workdir: str, step: int = 0, log=print) -> str:
     raise ConvertError(f"{workdir} already holds checkpoints; from-hf writes a new workdir (training would resume "
                        "from its latest step, not from the imported weights)")
   params, hf_config, normalize, tokenizer_dir, max_seq_length = load_hf(model)
-  check_vocab(T5Config.from_hf(hf_config).vocab_size, tokenizer_dir)
-  cfg = T5Config.from_hf(hf_config)
-  meta = {"t5_config": cfg.to_hf() | {k: v for k, v in hf_config.items() if not k.startswith("_")},
+  cfg = hf.config_from_hf(hf_config)
+  check_vocab(cfg.vocab_size, tokenizer_dir)
+  meta = {"model_config": cfg.to_hf() | {k: v for k, v in hf_config.items() if not k.startswith("_")},
           "out_features": int(params["dense"]["kernel"].shape[1]) if "dense" in params else None,
           "normalize": bool(normalize), "tokenizer_dir": tokenizer_dir, "source": model,
           "max_seq_length": max_seq_length or 512}

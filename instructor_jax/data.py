@@ -16,7 +16,7 @@ How one batch is made (``TrainStream.get(step)``):
    or sampled with repetition.
 3. **Slice**: host ``i`` of ``P`` takes rows ``[i*B/P, (i+1)*B/P)`` of the global batch.
 4. **Pad** (``pad_rows``, the feature converter): fixed lengths ``Lq = max_query_length``, ``Ld = max_doc_length``,
-   pad id 0; every row already ends with ``</s>`` (id 1).
+   pad id 0; every row already ends with its tokenizer's closing token (T5 ``</s>``, BERT ``[SEP]``).
 
 Because a batch is a pure function of ``(seed, step)``, resume is exact by construction: ``state_dict()`` stores the
 next step (plus a fingerprint of the data and sampling settings) and ``load_state_dict`` restores it.
@@ -48,7 +48,6 @@ from instructor_jax.tokenization import Encoded, Tokenizer, join_instruction
 log = logging.getLogger(__name__)
 
 PAD_ID = 0
-EOS_ID = 1
 SAMPLING = ("proportional", "temperature", "uniform")
 SMALL_TASKS = ("drop", "repeat")
 _BLOCK = 1024                      # steps per block of task draws
@@ -80,9 +79,8 @@ class Featurizer:
     self.max_query_length, self.max_doc_length = int(max_query_length), int(max_doc_length)
     self.num_negatives = int(num_negatives)
     self._n_cache: dict[int, dict[str, int]] = {}
-    if tokenizer.pad_id != PAD_ID or tokenizer.eos_id != EOS_ID:
-      raise ValueError(f"expected a T5 tokenizer with pad=0 and eos=1, got pad={tokenizer.pad_id} "
-                       f"eos={tokenizer.eos_id}")
+    if tokenizer.pad_id != PAD_ID:  # rows are padded with 0 and the model masks `tokens != 0` (T5 and BERT)
+      raise ValueError(f"expected a tokenizer with pad id {PAD_ID}, got {tokenizer.pad_id}")
 
   def check_negatives(self, rec: medi.Record) -> None:
     if len(rec.neg) < self.num_negatives:

@@ -1,9 +1,12 @@
-"""INSTRUCTOR embeddings: T5 encoder -> mean pool over the text tokens -> Dense (no bias) -> L2 normalise.
+"""INSTRUCTOR embeddings: encoder -> mean pool over the text tokens -> Dense (no bias) -> L2 normalise.
 
 ``InstructorModel`` is the Flax module used by both inference (``Instructor.encode``) and training: it takes
 ``tokens [B, L]`` and ``instr_len [B]`` (the pooling offset ``n`` of the instruction rule, see
-``tokenization.py``) and returns unit vectors ``[B, D]``. ``Instructor`` wraps a loaded checkpoint and its
-tokenizer behind ``from_pretrained`` / ``encode``.
+``tokenization.py``) and returns unit vectors ``[B, D]``. The encoder is ``t5.T5Encoder`` or ``bert.BertEncoder``,
+picked by the type of the config (``T5Config`` / ``BertConfig``; ``Instructor.from_pretrained`` reads it from
+``config.json``'s ``model_type``); everything after the encoder is the same for both. A model without a Dense module
+(e.g. all-MiniLM-L6-v2) uses the identity. ``Instructor`` wraps a loaded checkpoint and its tokenizer behind
+``from_pretrained`` / ``encode``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructor_jax import hf
+from instructor_jax.bert import BertConfig, BertEncoder
 from instructor_jax.t5 import T5Config, T5Encoder
 from instructor_jax.tokenization import DEFAULT_MAX_LENGTH, Input, Tokenizer
 
@@ -50,9 +54,10 @@ def l2_normalize(x, eps: float = 1e-12):
 class InstructorModel(nn.Module):
   """``(tokens [B, L], instr_len [B], mask [B, L] | None) -> embeddings [B, D]`` (fp32).
 
-  ``mask`` defaults to ``tokens != pad_id``. The Dense layer is absent when ``out_features`` is None.
+  ``mask`` defaults to ``tokens != pad_id``. The Dense layer is absent when ``out_features`` is None. The encoder
+  (param collection ``encoder``) is ``BertEncoder`` for a ``BertConfig``, else ``T5Encoder``.
   """
-  config: T5Config
+  config: T5Config | BertConfig
   out_features: Optional[int] = None
   normalize: bool = True
   pad_id: int = 0
@@ -63,7 +68,8 @@ class InstructorModel(nn.Module):
     positions of each of up to S inputs per row; ``instr_len`` unused) give embeddings ``[B, S, D]``."""
     if mask is None:
       mask = tokens != self.pad_id
-    hidden = T5Encoder(self.config, name="encoder")(tokens, mask, deterministic, segment_ids=segment_ids)
+    encoder = BertEncoder if isinstance(self.config, BertConfig) else T5Encoder
+    hidden = encoder(self.config, name="encoder")(tokens, mask, deterministic, segment_ids=segment_ids)
     if pool is None:
       pooled = mean_pool(hidden, pool_mask(mask, instr_len))
       pooled = nn.with_logical_constraint(pooled, ("batch", "embed"))
@@ -95,7 +101,7 @@ def _resolve(path_or_hub_id: str | os.PathLike) -> str:
 
 
 class Instructor:
-  """A loaded INSTRUCTOR / GTR / T5 checkpoint: ``Instructor.from_pretrained(dir).encode(pairs)``."""
+  """A loaded INSTRUCTOR / GTR / T5 / BERT checkpoint: ``Instructor.from_pretrained(dir).encode(pairs)``."""
 
   def __init__(self, model: InstructorModel, params: Any, tokenizer: Tokenizer, source: str | None = None):
     self.model = model
@@ -107,11 +113,15 @@ class Instructor:
   @classmethod
   def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype=jnp.float32, max_length: int = DEFAULT_MAX_LENGTH,
                       param_dtype=jnp.float32) -> "Instructor":
-    """Loads the INSTRUCTOR, GTR (sentence-transformers) or plain T5 layout from a folder or a hub id."""
+    """Loads the INSTRUCTOR, sentence-transformers (GTR, MiniLM, ...) or plain T5 / BERT layout from a folder or a
+    hub id; the backbone comes from ``config.json``. For BERT, ``max_length`` is capped at
+    ``max_position_embeddings`` (there are no positions beyond the table)."""
     root = _resolve(path_or_hub_id)
     folder = hf.read_folder(root)
-    cfg = dataclasses.replace(folder.t5_config, dtype=dtype, param_dtype=param_dtype)
-    tokenizer = Tokenizer.from_pretrained(folder.t5_dir, max_length=max_length)
+    cfg = dataclasses.replace(folder.config, dtype=dtype, param_dtype=param_dtype)
+    if isinstance(cfg, BertConfig):
+      max_length = min(max_length, cfg.max_position_embeddings)
+    tokenizer = Tokenizer.from_pretrained(folder.model_dir, max_length=max_length)
     model = InstructorModel(cfg, out_features=None if folder.dense is None else int(folder.dense.shape[0]),
                             normalize=folder.normalize, pad_id=tokenizer.pad_id)
     params = jax.tree.map(jnp.asarray, hf.to_flax(folder.state, cfg, folder.dense, dtype=np.dtype(param_dtype)))

@@ -75,12 +75,15 @@ def save_atomic(path: str, array: np.ndarray) -> None:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m instructor_jax.encode", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", required=True, help="checkpoint folder (INSTRUCTOR / GTR / T5 layout) or hub id")
+  p.add_argument("--model", required=True,
+                 help="checkpoint folder (INSTRUCTOR, sentence-transformers with a T5 or BERT encoder, plain T5 / "
+                 "BERT) or hub id")
   p.add_argument("--input", required=True, help="JSON lines: {\"instruction\": ..., \"text\": ...} or {\"text\": ...}")
   p.add_argument("--output", required=True, help=".npy file for the float32 [N, D] embeddings")
   p.add_argument("--instruction", default=None, help="instruction for lines that have none")
   p.add_argument("--batch-size", type=int, default=32)
-  p.add_argument("--max-length", type=int, default=512)
+  p.add_argument("--max-length", type=int, default=512,
+                 help="tokens per input (BERT: capped at max_position_embeddings)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
   p.add_argument("--similarities", action="store_true", help="also print the cosine similarity matrix")
   args = p.parse_args(argv)

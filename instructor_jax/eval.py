@@ -7,12 +7,14 @@
 
 ``--model``: an orbax workdir or ``WORKDIR/STEP`` (``checkpoints.restore_params``), an exported /
 sentence-transformers / INSTRUCTOR folder, or a hub id. ``--backend jax`` (default) embeds with
-``Instructor.encode``; ``--backend torch`` with ``transformers.T5EncoderModel`` and the same INSTRUCTOR rule (an
-orbax checkpoint is exported to a temporary folder first).
+``Instructor.encode``; ``--backend torch`` with ``transformers.T5EncoderModel`` / ``BertModel`` (by the model's
+``config.json``) and the same INSTRUCTOR rule (an orbax checkpoint is exported to a temporary folder first). Nothing
+else here depends on the backbone.
 
 Instructions: ``--instructions`` is a JSON table (INSTRUCTOR's layout: ``{model: {task type: {task: instruction
 | {"query", "corpus"}}}}`` or directly ``{task type: ...}``) or a model key of the bundled table
-(``hkunlp/instructor-base|large|xl``; default: by ``d_model`` 768 / 1024 / 2048, else base). A task not in the
+(``hkunlp/instructor-base|large|xl``; default: by ``d_model`` / BERT's ``hidden_size`` 768 / 1024 / 2048, else
+base). A task not in the
 table uses the table's entry for a representative task of its type (``FALLBACK``). Retrieval and reranking use
 the query instruction for queries and the corpus instruction for documents; other types use one instruction for
 every text. ``--no-instructions`` embeds the bare texts (the ablation).
@@ -97,7 +99,8 @@ def instruction_for(table: Mapping | None, task_type: str, task_name: str, role:
 
 
 class TorchInstructor:
-  """``transformers.T5EncoderModel`` + the INSTRUCTOR pooling rule on an exported / HF folder (``--backend torch``)."""
+  """``transformers.T5EncoderModel`` / ``BertModel`` + the INSTRUCTOR pooling rule on an exported / HF folder
+  (``--backend torch``)."""
 
   def __init__(self, folder: str, max_length: int = 512):
     self.folder, self.max_length = folder, max_length
@@ -125,9 +128,9 @@ def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype
   fingerprint = _fingerprint(model, backend, max_length, dtype)
   if _is_orbax(model):
     params, hf_config, normalize, tokenizer_dir, _, _ = convert.load_checkpoint(model)
-    from instructor_jax.t5 import T5Config
+    from instructor_jax import hf
     from instructor_jax.tokenization import Tokenizer
-    cfg = T5Config.from_hf(hf_config)
+    cfg = hf.match_params(hf.config_from_hf(hf_config), params)
     convert.check_vocab(cfg.vocab_size, tokenizer_dir)
     if backend == "torch":
       tmp = tempfile.mkdtemp(prefix="instructor-eval-")
@@ -138,6 +141,8 @@ def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype
     import dataclasses
     import jax
     cdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+    if hf.backbone(cfg) == "bert":  # no positions beyond the table (as Instructor.from_pretrained)
+      max_length = min(max_length, cfg.max_position_embeddings)
     tok = Tokenizer.from_pretrained(tokenizer_dir, max_length=max_length)
     out_features = int(np.shape(params["dense"]["kernel"])[1]) if "dense" in params else None
     m = InstructorModel(dataclasses.replace(cfg, dtype=cdtype), out_features=out_features, normalize=normalize,
@@ -147,15 +152,16 @@ def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype
   if backend == "torch":
     from instructor_jax.embedder import _resolve
     folder = _resolve(model)
-    with open(os.path.join(_t5_dir(folder), "config.json"), encoding="utf-8") as f:
-      d_model = json.load(f).get("d_model")
+    from instructor_jax import hf
+    with open(os.path.join(_model_dir(folder), "config.json"), encoding="utf-8") as f:
+      d_model = hf.config_from_hf(json.load(f)).d_model
     return TorchInstructor(folder, max_length), fingerprint, d_model, cleanup
   cdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   inst = Instructor.from_pretrained(model, dtype=cdtype, max_length=max_length)
   return inst, fingerprint, inst.model.config.d_model, cleanup
 
 
-def _t5_dir(folder: str) -> str:
+def _model_dir(folder: str) -> str:
   modules = os.path.join(folder, "modules.json")
   if os.path.exists(modules):
     with open(modules, encoding="utf-8") as f:

@@ -3,8 +3,9 @@
 Mesh axes are ``("data", "fsdp", "tensor")``. ``config.mesh_shape`` gives their sizes; one ``-1`` entry takes all
 remaining devices, so ``(-1, 1, 1)`` is pure data parallelism on any device count and ``(1, -1, 1)`` is FSDP.
 
-The model (``t5.py`` / ``embedder.py``) names its parameter and activation dimensions (``batch``, ``length``,
-``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``, ``rel_buckets``); the rules below map them to mesh axes
+The model (``t5.py`` / ``bert.py`` / ``embedder.py``) names its parameter and activation dimensions (``batch``,
+``length``, ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``, ``rel_buckets``; BERT's small ``positions`` /
+``token_types`` embedding tables); the rules below map them to mesh axes
 (MaxText style). Flax applies the rules in order and never uses a mesh axis twice in one array, so:
 
 - the batch of every activation is split over ``data`` x ``fsdp`` (both are data parallel for activations);
@@ -35,6 +36,8 @@ DEFAULT_RULES = (
     ("kv", None),
     ("length", None),
     ("rel_buckets", None),
+    ("positions", None),
+    ("token_types", None),
 )
 
 

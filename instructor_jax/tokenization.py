@@ -3,13 +3,18 @@
 The rule (InstructorEmbedding 1.0.1 behaviour) for an input ``[instruction, text]``:
 
 1. ``joined = (instruction + text.strip()).strip()`` (the instruction is *not* stripped before joining);
-2. ``joined`` is tokenised with the checkpoint's T5 tokenizer: ``</s>`` appended, truncated to ``max_length``
-   with ``</s>`` kept inside the limit;
-3. ``n = len(tokens(instruction.strip())) - 1`` (same tokenizer, same truncation, minus its ``</s>``) and
-   ``n = 0`` whenever ``n <= 1``;
+2. ``joined`` is tokenised with the checkpoint's tokenizer: T5 appends ``</s>``; BERT's WordPiece tokenizer
+   (lower-casing or not as its own ``tokenizer.json`` says) wraps it in ``[CLS] ... [SEP]``; truncated to
+   ``max_length`` with the closing ``</s>`` / ``[SEP]`` kept inside the limit;
+3. ``n = len(tokens(instruction.strip())) - 1`` (same tokenizer, same truncation, minus the closing ``</s>`` /
+   ``[SEP]``; for BERT ``n`` therefore counts ``[CLS]`` too, so pooling starts at the first text token) and
+   ``n = 0`` whenever ``n <= 1`` (T5: a one-token instruction masks nothing; BERT: an empty instruction does not
+   mask ``[CLS]``);
 4. the encoder attends to every token; pooling skips the first ``n`` positions.
 
-A plain string is ``text.strip()`` tokenised the same way, with ``n = 0``.
+A plain string is ``text.strip()`` tokenised the same way, with ``n = 0``. For BERT this is exactly what
+sentence-transformers does with ``encode(texts, prompt=instruction)`` and ``include_prompt=False`` (its prompt length
+is the prompt's token count minus the trailing ``[SEP]``), except for an instruction that tokenises to nothing.
 
 Everything here is pure Python (no JAX), so the data pipeline (`data.py`, seqio tasks) and the embedder share it.
 """
@@ -31,9 +36,9 @@ def join_instruction(instruction: str, text: str) -> str:
 
 
 def instruction_length(num_instruction_tokens: int) -> int:
-  """Pooling offset ``n`` from the token count of ``instruction.strip()`` *including* its ``</s>``.
+  """Pooling offset ``n`` from the token count of ``instruction.strip()`` *including* its special tokens.
 
-  ``n = count - 1`` (drop ``</s>``); instructions of one token or none do not mask anything (``n <= 1 -> 0``).
+  ``n = count - 1`` (drop the closing ``</s>`` / ``[SEP]``); ``n <= 1 -> 0`` (nothing masked).
   """
   n = int(num_instruction_tokens) - 1
   return 0 if n <= 1 else n
@@ -50,25 +55,30 @@ def split_input(item: Input, where: str = "input") -> tuple[str | None, str]:
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-  """One tokenised input: ids with ``</s>`` (no padding) and the pooling offset ``instr_len``."""
+  """One tokenised input: ids with special tokens (no padding) and the pooling offset ``instr_len``."""
   ids: tuple[int, ...]
   instr_len: int
 
 
 class Tokenizer:
-  """The checkpoint's T5 tokenizer plus the instruction rule.
+  """The checkpoint's tokenizer (T5 SentencePiece or BERT WordPiece) plus the instruction rule.
 
   Wraps a Hugging Face *fast* tokenizer loaded with ``from_pretrained(folder)`` (in transformers 5,
-  ``T5Tokenizer(vocab_file=...)`` silently gives wrong ids, so never build it from the vocab file directly).
+  ``T5Tokenizer(vocab_file=...)`` / ``BertTokenizer(vocab_file=...)`` silently give wrong ids, so never build them
+  from the vocab file directly). ``pad_id`` is the tokenizer's pad token; ``eos_id`` is the token that closes every
+  sequence (``</s>`` for T5, ``[SEP]`` for BERT).
   """
 
   def __init__(self, hf_tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
-    if max_length < 2:
-      raise ValueError(f"max_length must be >= 2 (room for one token and </s>), got {max_length}")
+    min_length = len(hf_tokenizer("", add_special_tokens=True)["input_ids"]) + 1
+    if max_length < min_length:
+      raise ValueError(f"max_length must be >= {min_length} (room for one token and the special tokens), "
+                       f"got {max_length}")
     self.hf = hf_tokenizer
     self.max_length = int(max_length)
     self.pad_id = int(hf_tokenizer.pad_token_id)
-    self.eos_id = int(hf_tokenizer.eos_token_id)
+    end = hf_tokenizer.eos_token_id if hf_tokenizer.eos_token_id is not None else hf_tokenizer.sep_token_id
+    self.eos_id = int(end)
 
   @classmethod
   def from_pretrained(cls, folder: str | os.PathLike, max_length: int = DEFAULT_MAX_LENGTH) -> "Tokenizer":
@@ -78,8 +88,9 @@ class Tokenizer:
       hf = AutoTokenizer.from_pretrained(folder)
     except Exception as e:  # pragma: no cover - message enrichment only
       raise ValueError(f"could not load a tokenizer from {folder!r}: {e}") from e
-    if hf.eos_token_id is None or hf.pad_token_id is None:
-      raise ValueError(f"tokenizer in {folder!r} has no eos or pad token; not a T5 tokenizer")
+    if hf.pad_token_id is None or (hf.eos_token_id is None and hf.sep_token_id is None):
+      raise ValueError(f"tokenizer in {folder!r} has no pad token or no closing token (eos / sep); not a T5 or BERT "
+                       "tokenizer")
     return cls(hf, max_length=max_length)
 
   @property
@@ -112,5 +123,5 @@ class Tokenizer:
     return [Encoded(tuple(x), k) for x, k in zip(ids, n)]
 
   def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
-    """Plain tokenisation (strip, ``</s>``, truncation) without any instruction handling."""
+    """Plain tokenisation (strip, special tokens, truncation) without any instruction handling."""
     return self._ids([t.strip() for t in texts])

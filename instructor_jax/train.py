@@ -8,8 +8,9 @@ Reads top to bottom:
 1. ``setup_distributed``: ``jax.distributed.initialize()`` on pods / clusters (``--distributed``, or explicit
    ``--coordinator_address --num_processes --process_id``).
 2. ``build_model``: ``InstructorModel`` from ``config.model.init_checkpoint`` (a workdir, see ``checkpoints.py``),
-   ``config.model.init_from`` (any folder ``Instructor.from_pretrained`` loads, e.g. GTR) or randomly from the
-   HF-style ``config.model.t5`` dict.
+   ``config.model.init_from`` (any folder ``Instructor.from_pretrained`` loads, e.g. GTR or all-MiniLM-L6-v2) or
+   randomly from the HF-style ``config.model.t5`` dict (``config.model.backbone = "bert"`` with
+   ``config.model.bert`` for a random BERT).
 3. ``sharding.make_mesh`` (``config.mesh_shape`` over ``data, fsdp, tensor``) and the logical-axis rules give the
    ``NamedSharding`` of every parameter and optimizer moment (FSDP / tensor parallel), the batch is split over
    ``data x fsdp``.
@@ -24,7 +25,8 @@ Reads top to bottom:
 
 Gradient caching (``config.grad_cache_chunk = C`` rows, GradCache, Gao et al. 2021): (a) embed the global batch
 in chunks of C queries (with their positives and negatives) without keeping activations; (b) take the loss and its
-gradient w.r.t. the embeddings only; (c) re-run each chunk under ``jax.vjp`` and accumulate ``J^T g``. The
+gradient w.r.t. the embeddings only; (c) re-run each chunk under ``jax.vjp`` and accumulate ``J^T g`` (each device
+its own partial gradient, inside ``jax.shard_map``; the gradients are reduced over the batch axes once per step). The
 gradients equal the uncached step (dropout off; with dropout each chunk uses its own key in both passes), and
 activation memory is that of one chunk. Chunks are device-local: the batch ``[B]`` (split over S shards) is viewed
 as ``[S, k, C/S]`` and chunk j takes ``[:, j]``, i.e. C/S rows *from every shard*, so no rows move between devices
@@ -62,7 +64,8 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from instructor_jax import checkpoints, losses, sharding
+from instructor_jax import checkpoints, hf, losses, sharding
+from instructor_jax.bert import BertConfig
 from instructor_jax.embedder import InstructorModel
 from instructor_jax.t5 import T5Config
 
@@ -86,8 +89,9 @@ class ModelSpec:
   max_seq_length: int | None = None
 
   def meta(self) -> dict:
-    """What ``checkpoints.restore_params`` returns as ``meta`` (besides step / config)."""
-    return dict(t5_config=self.model.config.to_hf(), out_features=self.model.out_features,
+    """What ``checkpoints.restore_params`` returns as ``meta`` (besides step / config): the backbone-tagged HF
+    config (``backbone``, ``model_config``, and ``t5_config`` for T5) and the embedding head."""
+    return dict(**checkpoints.backbone_meta(self.model.config.to_hf()), out_features=self.model.out_features,
                 normalize=self.model.normalize, pad_id=self.model.pad_id, max_seq_length=self.max_seq_length,
                 tokenizer_dir=checkpoints.TOKENIZER_SUBDIR)
 
@@ -97,34 +101,50 @@ def _dtype(name):
 
 
 def build_model(config, load_weights: bool = True) -> ModelSpec:
-  """The model and (unless random init or ``load_weights=False``) its host parameters."""
+  """The model and (unless random init or ``load_weights=False``) its host parameters.
+
+  The backbone (T5 or BERT) comes from the checkpoint's meta (``init_checkpoint``), the folder's ``config.json``
+  (``init_from``, e.g. GTR or all-MiniLM-L6-v2), or, for random init, ``config.model.backbone`` (``"t5"``, the
+  default: HF-style ``config.model.t5`` dict; ``"bert"``: ``config.model.bert`` dict with HF ``BertConfig`` fields
+  and ``config.model.tokenizer_dir`` naming a BERT tokenizer folder). ``load_weights=False`` (``--compile_only``)
+  with ``init_from`` takes the shapes from ``config.model.t5`` without reading the folder when the backbone is
+  ``t5``; with ``backbone="bert"`` the folder is read.
+  """
   mc = config.model
   overrides = dict(dtype=_dtype(mc.get("dtype", "float32")), param_dtype=_dtype(mc.get("param_dtype", "float32")),
-                   remat=mc.get("remat", "none"), attention=mc.get("attention", "xla"))
+                   remat=mc.get("remat", "none"))
   if mc.get("dropout_rate", None) is not None:
     overrides["dropout_rate"] = float(mc.dropout_rate)
+  if mc.get("attention", None):  # "xla" | "cudnn" (T5Config.attention; BERT has xla only)
+    overrides["attention"] = mc.attention
   params, max_len = None, None
   if mc.get("init_checkpoint", ""):
-    if load_weights:
-      params, meta = checkpoints.restore_params(mc.init_checkpoint)
-    else:  # compile_only: meta only
-      _, meta = checkpoints.restore_params(mc.init_checkpoint)
-      params = None
-    cfg = T5Config.from_hf(meta["t5_config"], **overrides)
+    restored, meta = checkpoints.restore_params(mc.init_checkpoint)
+    params = restored if load_weights else None  # compile_only: meta only
+    cfg = hf.match_params(hf.config_from_hf(checkpoints.model_config(meta), **overrides), restored)
     out_features, normalize, pad_id = meta["out_features"], meta["normalize"], meta.get("pad_id", 0)
     tok_dir, max_len = meta["tokenizer_dir"], meta.get("max_seq_length")
-  elif mc.get("init_from", "") and (load_weights or not mc.get("t5", None)):
-    from instructor_jax import embedder, hf
+  elif mc.get("init_from", "") and (load_weights or mc.get("backbone", "t5") != "t5" or not mc.get("t5", None)):
+    from instructor_jax import embedder
     folder = hf.read_folder(embedder._resolve(mc.init_from))
-    cfg = dataclasses.replace(folder.t5_config, **overrides)
+    cfg = hf.with_overrides(folder.config, **overrides)
     out_features = None if folder.dense is None else int(folder.dense.shape[0])
-    normalize, pad_id, tok_dir, max_len = folder.normalize, 0, folder.t5_dir, folder.max_seq_length
+    normalize, pad_id, tok_dir, max_len = folder.normalize, 0, folder.model_dir, folder.max_seq_length
     if load_weights:
       params = hf.to_flax(folder.state, cfg, folder.dense, dtype=np.dtype(cfg.param_dtype))
-  else:
+  elif mc.get("backbone", "t5") == "bert":
+    cfg = BertConfig.from_hf(dict(mc.bert), **overrides)
+    out_features, normalize, pad_id = mc.get("out_features", None), mc.get("normalize", True), 0
+    tok_dir = mc.get("tokenizer_dir", "")
+    if not tok_dir:
+      raise ValueError("config.model.tokenizer_dir: a random-init BERT needs the folder of a BERT (WordPiece) "
+                       "tokenizer; the bundled default vocabulary is T5's")
+  elif mc.get("backbone", "t5") == "t5":
     cfg = T5Config.from_hf(dict(mc.t5), **overrides)
     out_features, normalize, pad_id = mc.get("out_features", None), mc.get("normalize", True), 0
     tok_dir = mc.get("tokenizer_dir", "") or ASSETS_VOCAB
+  else:
+    raise ValueError(f"config.model.backbone must be t5 or bert, got {mc.backbone!r}")
   model = InstructorModel(cfg, out_features=out_features, normalize=normalize, pad_id=pad_id)
   return ModelSpec(model, params, tok_dir, max_len)
 
@@ -385,8 +405,13 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
   return step, (grad_cache_grads if chunk else plain_grads)
 
 
-def train_flops_per_step(cfg: T5Config, out_features, batch_shapes: dict, grad_cache: bool) -> float:
-  """FLOPs of one training step on padded tokens (see the module docstring)."""
+def train_flops_per_step(cfg: T5Config | BertConfig, out_features, batch_shapes: dict, grad_cache: bool) -> float:
+  """FLOPs of one training step on padded tokens (see the module docstring).
+
+  Same count for both backbones (``BertConfig`` exposes T5's names: ``d_kv = hidden_size / heads``, ``d_ff =
+  intermediate_size``, never gated): attention q, k, v, o and the two MLP matmuls per layer; BERT's biases, norms,
+  embedding sums and its unused pooler are elementwise or dead code and not counted, as T5's norms are not.
+  """
   h_dk = cfg.num_heads * cfg.d_kv
   p_layers = cfg.num_layers * (4 * cfg.d_model * h_dk + (3 if cfg.gated else 2) * cfg.d_model * cfg.d_ff)
 

@@ -196,3 +196,147 @@ PAIRS = [
     ["Represent the Medicine sentence for retrieving a duplicate sentence: ", "Many children need antibiotics."],
     ["Represent the news title for clustering: ", "Stocks rally as rates fall"],
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BERT: tiny random BertModel checkpoints with a WordPiece vocabulary written here (offline, no hub).
+
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 (pad 0 as in bert-base / MiniLM)
+
+
+def tiny_wordpiece_vocab() -> list[str]:
+  """A deterministic WordPiece vocabulary for ``PAIRS``: the specials, every character of the (lower-cased,
+  accent-stripped) pairs but the llama emoji (which stays ``[UNK]``), ``##`` + ASCII letters and digits, the words of at
+  most 6 characters plus "represent", and a few suffixes -- so longer words split into several pieces."""
+  from tokenizers.normalizers import BertNormalizer
+  from tokenizers.pre_tokenizers import BertPreTokenizer
+  norm = BertNormalizer(lowercase=True, strip_accents=None, clean_text=True, handle_chinese_chars=True)
+  pre = BertPreTokenizer()
+  words = set()
+  for p in PAIRS:
+    for t in ([p] if isinstance(p, str) else p):
+      words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
+  chars = sorted({c for w in words for c in w} - {"🦙"})
+  ascii_pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+  whole = sorted(w for w in words if (len(w) <= 6 or w == "represent") and "🦙" not in w and len(w) > 1)
+  suffixes = ["##s", "##ing", "##ed", "##ment", "##tion", "##ies", "##er"]
+  out = list(BERT_SPECIALS)
+  for piece in chars + ascii_pieces + whole + suffixes:
+    if piece not in out:
+      out.append(piece)
+  return out
+
+
+def write_bert_tokenizer(folder: str, vocab: list[str] | None = None) -> int:
+  """Writes ``vocab.txt`` and the fast tokenizer files (lower-casing, as uncased BERT) into ``folder``; returns the
+  vocabulary size. Built with ``tokenizers`` (transformers 5's ``BertTokenizer(vocab_file=...)`` maps every word to
+  ``[UNK]``)."""
+  from tokenizers import BertWordPieceTokenizer
+  from transformers import BertTokenizerFast
+  vocab = vocab or tiny_wordpiece_vocab()
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "vocab.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(vocab) + "\n")
+  wp = BertWordPieceTokenizer({w: i for i, w in enumerate(vocab)}, lowercase=True, strip_accents=None,
+                              clean_text=True, handle_chinese_chars=True)
+  tok = BertTokenizerFast(tokenizer_object=wp._tokenizer, do_lower_case=True, unk_token="[UNK]", sep_token="[SEP]",
+                          pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]", model_max_length=512)
+  tok.save_pretrained(folder)
+  return len(vocab)
+
+
+def tiny_bert_config(hidden_act: str = "gelu", **kw):
+  from transformers import BertConfig
+  args = dict(vocab_size=len(tiny_wordpiece_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=37, hidden_act=hidden_act, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+              max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
+              initializer_range=0.2)  # 10x BERT's 0.02: activations large enough that the GELU variant matters
+  args.update(kw)
+  return BertConfig(**args)
+
+
+def random_bert_model(cfg, seed: int = 0, pooler: bool = True):
+  """A ``BertModel`` with random, non-trivial LayerNorms and biases (HF initialises them to 1 / 0)."""
+  import torch
+  from transformers import BertModel
+  torch.manual_seed(seed)
+  model = BertModel(cfg, add_pooling_layer=pooler).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "LayerNorm.weight" in name:
+        p.copy_(1.0 + 0.2 * torch.randn_like(p))
+      elif name.endswith("bias"):
+        p.copy_(0.1 * torch.randn_like(p))
+  return model
+
+
+def make_bert_checkpoint(out: str, hidden_act: str = "gelu", layout: str = "sentence-transformers", seed: int = 0,
+                         out_features: int | None = None, pooler: bool = True, position_ids_buffer: bool = True,
+                         **config_kw) -> str:
+  """Writes a tiny random BERT checkpoint with ``save_pretrained`` and the tokenizer from ``write_bert_tokenizer``.
+
+  layout: ``sentence-transformers`` (all-MiniLM-L6-v2: Transformer at the root, ``1_Pooling`` (mean, no
+  ``include_prompt``), ``2_Dense`` only if ``out_features``, then ``N_Normalize``), ``subfolder`` (the same modules
+  with the Transformer in ``0_Transformer``) or ``bert`` (a plain ``BertModel`` folder). ``position_ids_buffer``
+  adds the ``embeddings.position_ids`` tensor older checkpoints (MiniLM) carry.
+  """
+  import torch
+  cfg = tiny_bert_config(hidden_act, **config_kw)
+  model = random_bert_model(cfg, seed, pooler)
+  os.makedirs(out, exist_ok=True)
+  model_dir = os.path.join(out, "0_Transformer") if layout == "subfolder" else out
+  model.save_pretrained(model_dir)
+  if position_ids_buffer:
+    from safetensors.torch import load_file, save_file
+    path = os.path.join(model_dir, "model.safetensors")
+    sd = load_file(path)
+    sd["embeddings.position_ids"] = torch.arange(cfg.max_position_embeddings)[None]
+    save_file(sd, path, metadata={"format": "pt"})
+  write_bert_tokenizer(model_dir)
+  if layout == "bert":
+    return out
+  _json(os.path.join(model_dir, "sentence_bert_config.json"), {"max_seq_length": 256, "do_lower_case": False})
+  modules = [{"idx": 0, "name": "0", "path": "" if layout == "sentence-transformers" else "0_Transformer",
+              "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  os.makedirs(os.path.join(out, "1_Pooling"), exist_ok=True)
+  _json(os.path.join(out, "1_Pooling", "config.json"), {
+      "word_embedding_dimension": cfg.hidden_size, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+      "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
+  if out_features is not None:
+    from safetensors.torch import save_file
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    os.makedirs(os.path.join(out, "2_Dense"), exist_ok=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    w = torch.randn(out_features, cfg.hidden_size, generator=g) / cfg.hidden_size ** .5
+    _json(os.path.join(out, "2_Dense", "config.json"), {
+        "in_features": cfg.hidden_size, "out_features": out_features, "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity"})
+    save_file({"linear.weight": w.contiguous()}, os.path.join(out, "2_Dense", "model.safetensors"))
+  n = len(modules)
+  modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"})
+  os.makedirs(os.path.join(out, f"{n}_Normalize"), exist_ok=True)
+  _json(os.path.join(out, "modules.json"), modules)
+  return out
+
+
+class ReferenceBertInstructor(ReferenceInstructor):
+  """The same PyTorch re-statement of the rule on transformers ``BertModel`` (the tokenizer adds ``[CLS]`` /
+  ``[SEP]``; ``n = len(tokens(instruction.strip())) - 1`` therefore counts ``[CLS]``, and ``n <= 1 -> 0``)."""
+
+  def __init__(self, folder: str, max_length: int = 512):
+    import torch
+    from transformers import AutoTokenizer, BertModel
+    modules_path = os.path.join(folder, "modules.json")
+    model_dir, self.dense, self.normalize = folder, None, True
+    if os.path.exists(modules_path):
+      modules = json.load(open(modules_path))
+      model_dir = os.path.join(folder, modules[0]["path"])
+      self.normalize = any(m["type"].endswith("Normalize") for m in modules)
+      for m in modules:
+        if m["type"].endswith("Dense"):
+          from safetensors.torch import load_file
+          self.dense = load_file(os.path.join(folder, m["path"], "model.safetensors"))["linear.weight"]
+    self.tok = AutoTokenizer.from_pretrained(model_dir)
+    self.model = BertModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    self.max_length = max_length
