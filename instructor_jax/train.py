@@ -393,7 +393,7 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
       metrics["loss"] = metrics["loss"] * poison
     updates, opt_state = tx.update(grads, state["opt_state"], trainable)
     params = optax.apply_updates(trainable, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = schedule(state["step"])
     if config.loss.get("learnable_temperature", False):
       metrics["temperature"] = jnp.exp(trainable["log_temperature"])
