@@ -2,7 +2,7 @@
 # The GPU part of the benchmark suite in one go, on a CUDA host with jax[cuda], torch (CUDA), transformers, flax,
 # optax, orbax-checkpoint and ml_collections installed (the commands below are the ones quoted in BENCHMARKS.md).
 #
-#   bash bench/gpu.sh OUT_DIR [STAGE ...]      # stages: env tests encode train train64 train_xla memory fit (default: all)
+#   bash bench/gpu.sh OUT_DIR [STAGE ...]      # stages: env tests encode train train64 train_xla mfu memory fit (default: all)
 #
 # JAX and torch share the GPU inside one process, so JAX's 75% pre-allocation is turned off. Each stage has a time
 # limit and a failing stage does not stop the others; JSON results land in OUT_DIR, tables on stdout.
@@ -46,6 +46,13 @@ for stage in $STAGES; do
     train_xla)  # XLA attention ([B, H, L, L] fp32 scores in memory) at global batch 64
       run train64_xla 300 $PY -m bench.run --suite gpu --only train --reps 3 --global-batch 64 --no-torch \
         --json "$OUT/train64_xla.json" ;;
+    mfu)  # where the B=256 step's time goes: dropout's random bits, the PRNG, remat (each JAX only)
+      run train256_nodrop 300 $PY -m bench.run --suite gpu --only train --attention cudnn --reps 3 --no-torch \
+        --dropout 0 --json "$OUT/train256_nodrop.json"
+      run train256_rbg 300 $PY -m bench.run --suite gpu --only train --attention cudnn --reps 3 --no-torch \
+        --prng unsafe_rbg --json "$OUT/train256_rbg.json"
+      run train256_dots 300 $PY -m bench.run --suite gpu --only train --attention cudnn --reps 3 --no-torch \
+        --remat dots --json "$OUT/train256_dots.json" ;;
     memory)
       run memory 400 $PY -m bench.run --suite gpu --only memory,scaling --reps 3 --attention cudnn \
         --json "$OUT/memory.json" ;;
