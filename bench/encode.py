@@ -182,29 +182,6 @@ class _HeadsFirstJnp:
     return jnp.einsum(eq, *ops, **kw)
 
 
-def packed_apply_fn(model):
-  """Experiment ``packN``: several sentences per row of N tokens, attention block-diagonal per sentence.
-
-  The shipped ``InstructorModel`` with ``segment_ids`` and a per-segment ``pool`` mask (exact for T5: the relative
-  position bias depends only on ``key - query``). Returns ``apply(params, tokens [R, N], seg [R, N],
-  pool [R, S, N]) -> [R, S, D]`` where ``seg`` is 1-based segment ids (0 = padding).
-  """
-  import jax
-  import jax.numpy as jnp
-
-  def apply(params, tokens, seg, pool):
-    instr = jnp.zeros(tokens.shape[:1], jnp.int32)  # unused with `pool`
-    return model.apply({"params": params}, tokens, instr, segment_ids=seg, pool=pool)
-
-  return jax.jit(apply)
-
-
-def pack_rows(order, lengths, row_length: int, max_segments: int) -> list[list[int]]:
-  """Best-fit-decreasing packing: the shipped ``embedder._pack``."""
-  from instructor_jax.embedder import _pack
-  return _pack(order, lengths, row_length, max_segments)
-
-
 class JaxEncoder:
   """``Instructor.from_pretrained(folder).encode`` (variant ``default``) or a bench-only re-statement of it.
 
@@ -225,19 +202,14 @@ class JaxEncoder:
     from instructor_jax.embedder import Instructor
     self.inst = Instructor.from_pretrained(folder, dtype=getattr(jnp, dtype), max_length=max_length)
     if attention != "xla":  # same weights, other attention kernel (t5.py: T5Config.attention)
-      import dataclasses
-      import functools
-      import jax
-      model = self.inst.model
-      self.inst.model = model.clone(config=dataclasses.replace(model.config, attention=attention))
-      self.inst._apply = jax.jit(functools.partial(self.inst.model.apply, deterministic=True))
+      inst = self.inst
+      model = inst.model.clone(config=dataclasses.replace(inst.model.config, attention=attention))
+      self.inst = Instructor(model, inst.params, inst.tokenizer, source=inst.source)
     self.variant = variant
     self.pack = next((int(o[4:]) for o in self.opts if o.startswith("pack")), 0)
     if self.opts <= {"default", "hfirst"}:  # the shipped encode packs (plan only: `encode` calls it directly)
       from instructor_jax.embedder import PACK_LENGTH
       self.pack = min(PACK_LENGTH, max_length)
-    if self.pack:
-      self._packed = packed_apply_fn(self.inst.model)
 
   def _bucket(self, length: int) -> int:
     if "b8" in self.opts:
@@ -254,7 +226,8 @@ class JaxEncoder:
     if self.pack:
       long = [i for i in order if len(encoded[i].ids) > self.pack]
       short = [i for i in order if len(encoded[i].ids) <= self.pack]
-      rows = pack_rows(short, [len(e.ids) for e in encoded], self.pack, max(1, self.pack // 8))
+      from instructor_jax.embedder import _pack
+      rows = _pack(short, [len(e.ids) for e in encoded], self.pack, max(1, self.pack // 8))
       per_call = max(1, batch_size * 32 // self.pack) * (2 if "big" in self.opts else 1)
       per_call = max(1, per_call // 2) if "half" in self.opts else per_call
       for s in range(0, len(rows), per_call):
@@ -275,39 +248,22 @@ class JaxEncoder:
   def encode(self, pairs, batch_size: int = 32) -> np.ndarray:
     if self.opts == {"default"} or self.opts == {"hfirst"}:
       return self.inst.encode(pairs, batch_size=batch_size, show_progress_bar=False)
+    from instructor_jax.embedder import bucket_arrays, packed_arrays
     inst = self.inst
     pad = inst.tokenizer.pad_id
     encoded = inst.tokenizer.encode(pairs)
     out = np.zeros((len(encoded), inst.dim), np.float32)
     pending = []
-    max_segs = max(1, self.pack // 8)
     for kind, idx, rows, length in self._plan(encoded, batch_size):
-      tokens = np.full((rows, length), pad, np.int32)
       if kind == "packed":
-        seg = np.zeros((rows, length), np.int32)
-        pool = np.zeros((rows, max_segs, length), np.float32)
-        where = []
-        for r, members in enumerate(idx):
-          pos = 0
-          for s, i in enumerate(members):
-            ids = encoded[i].ids
-            tokens[r, pos:pos + len(ids)] = ids
-            seg[r, pos:pos + len(ids)] = s + 1
-            pool[r, s, pos + encoded[i].instr_len:pos + len(ids)] = 1.0
-            where.append((i, r, s))
-            pos += len(ids)
-        emb = self._packed(inst.params, tokens, seg, pool)
-        fetch = lambda e, where=where: [(i, e[r, s]) for i, r, s in where]
+        tokens, mask, seg, pool, where = packed_arrays(encoded, idx, rows, length, max(1, self.pack // 8), pad)
+        emb = inst._apply({"params": inst.params}, tokens, np.zeros((rows,), np.int32), mask, segment_ids=seg,
+                          pool=pool)
       else:
-        mask = np.zeros((rows, length), np.int32)
-        instr = np.zeros((rows,), np.int32)
-        for row, i in enumerate(idx):
-          ids = encoded[i].ids
-          tokens[row, :len(ids)] = ids
-          mask[row, :len(ids)] = 1
-          instr[row] = encoded[i].instr_len
+        tokens, mask, instr = bucket_arrays(encoded, idx, rows, length, pad)
         emb = inst._apply({"params": inst.params}, tokens, instr, mask)
-        fetch = lambda e, idx=idx: list(zip(idx, e[:len(idx)]))
+        where = [(i, row) for row, i in enumerate(idx)]
+      fetch = lambda e, where=where: [(i, e[at]) for i, at in where]
       if "async" in self.opts:
         pending.append((fetch, emb))
       else:

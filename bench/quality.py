@@ -114,10 +114,11 @@ def train_jax(name, medi_path, model_dir, out_dir, steps, seed):
   return export, secs
 
 
-def train_torch(name, medi_path, model_dir, out_dir, steps, seed, dropout: float | None = None):
+def train_torch(name, medi_path, model_dir, out_dir, steps, seed, dropout: float | None = None, config=None):
   """The same fine-tuning as ``train_jax`` in plain PyTorch; writes a sentence-transformers folder.
 
-  ``dropout`` overrides the model's dropout probabilities (the tests use 0 to compare losses with the JAX step)."""
+  ``config``: the training config (default ``configs/quality_minilm.py``); ``dropout`` overrides the model's
+  dropout probabilities (the tests use 0 to compare losses with the JAX step)."""
   import numpy as np
   import torch
   import torch.nn.functional as F
@@ -127,7 +128,7 @@ def train_torch(name, medi_path, model_dir, out_dir, steps, seed, dropout: float
   if os.path.isfile(os.path.join(export, "modules.json")):
     log(f"[{name}] reusing {export}")
     return export, None
-  c = _config().get_config()
+  c = (config or _config().get_config()).copy_and_resolve_references()
   c.data.medi_path = medi_path
   stream = data.TrainStream.from_config(c.data, model_dir, c.global_batch_size, seed)
   torch.manual_seed(seed)

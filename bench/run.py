@@ -105,82 +105,51 @@ def main(argv=None):
                  machine=machine())
   tables = []
 
+  def emit(res, table):
+    tables.append(table(res))
+    print(tables[-1], flush=True)
+    return res
+
+  def overrides(kw, **flags):  # flags that were given (not None) replace the suite's values
+    return dict(kw, **{k: v for k, v in flags.items() if v is not None})
+
   if "encode" in only:
     from bench import encode
     results["encode"] = []
     for kw in suite["encode"]:
-      kw = dict(kw)
-      if args.reps:
-        kw["reps"] = args.reps
-      if args.size:
-        kw["size"] = args.size
-      if args.batch_size:
-        kw["batch_size"] = args.batch_size
-      if args.num_sentences:
-        kw["num_sentences"] = args.num_sentences
-      if args.no_shapes:
-        kw["shape_lengths"] = ()
-      kw["variant"] = args.variant
+      kw = overrides(kw, reps=args.reps or None, size=args.size, batch_size=args.batch_size or None,
+                     num_sentences=args.num_sentences or None, shape_lengths=() if args.no_shapes else None,
+                     variant=args.variant)
       if args.attention:
         if args.attention == "cudnn" and kw["dtype"] == "float32":
           log(f"[encode] skipping {kw['dtype']} batch {kw['batch_size']}: cuDNN attention needs bf16/fp16")
           continue
         kw["attention"] = args.attention
-      res = encode.run(encode.EncodeConfig(**kw))
-      results["encode"].append(res)
-      tables.append(encode.table(res))
-      print(tables[-1], flush=True)
+      results["encode"].append(emit(encode.run(encode.EncodeConfig(**kw)), encode.table))
 
   if "train" in only and "train" in suite:
     from bench import train_step
-    kw = dict(suite["train"])
-    if args.reps:
-      kw["reps"] = args.reps
-    if args.dropout is not None:
-      kw["dropout_rate"] = args.dropout
-    if args.attention:
-      kw["attention"] = args.attention
-    if args.remat:
-      kw["remat"] = args.remat
-    if args.grad_cache_chunk is not None:
-      kw["grad_cache_chunk"] = args.grad_cache_chunk
-    if args.global_batch:
-      kw["global_batch"] = args.global_batch
-    if args.no_torch:
-      kw["torch"] = False
-    res = train_step.run(train_step.TrainConfig(**kw))
-    results["train"] = res
-    tables.append(train_step.table(res))
-    print(tables[-1], flush=True)
+    # --attention reaches the train step through $INSTRUCTOR_BENCH_ATTENTION (set above).
+    kw = overrides(suite["train"], reps=args.reps or None, dropout_rate=args.dropout, remat=args.remat,
+                   grad_cache_chunk=args.grad_cache_chunk, global_batch=args.global_batch or None,
+                   torch=False if args.no_torch else None)
+    results["train"] = emit(train_step.run(train_step.TrainConfig(**kw)), train_step.table)
 
   if "memory" in only and "memory" in suite:
     from bench import memory
-    res = memory.run_memory(memory.MemoryConfig(**suite["memory"]))
-    results["memory"] = res
-    tables.append(memory.memory_table(res))
-    print(tables[-1], flush=True)
+    results["memory"] = emit(memory.run_memory(memory.MemoryConfig(**suite["memory"])), memory.memory_table)
 
   if "scaling" in only and "scaling" in suite:
     from bench import memory
-    kw = dict(suite["scaling"])
-    if args.reps:
-      kw["reps"] = args.reps
-    res = memory.run_scaling(memory.ScalingConfig(**kw), threads=threads)
-    results["scaling"] = res
-    tables.append(memory.scaling_table(res))
-    print(tables[-1], flush=True)
+    kw = overrides(suite["scaling"], reps=args.reps or None)
+    results["scaling"] = emit(memory.run_scaling(memory.ScalingConfig(**kw), threads=threads), memory.scaling_table)
 
   if "fit" in only and "fit" in suite:
     from bench import memory
-    kw = {k: v for k, v in suite["fit"].items() if k != "global_batch"}
-    if args.no_execute:
-      kw["execute"] = False
-    if args.fit_chunk:
-      kw["chunk"] = args.fit_chunk
+    kw = overrides({k: v for k, v in suite["fit"].items() if k != "global_batch"},
+                   execute=False if args.no_execute else None, chunk=args.fit_chunk or None)
     res = memory.run_fit(memory.MemoryConfig(**kw, global_batches=(suite["fit"]["global_batch"],)))
-    results["fit"] = res
-    tables.append(memory.memory_table(res))
-    print(tables[-1], flush=True)
+    results["fit"] = emit(res, memory.memory_table)
 
   results["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
   print("\n" + "=" * 100 + "\n" + "\n\n".join(tables), flush=True)

@@ -80,7 +80,10 @@ class JaxTrainer:
     self.state = train.create_state(self.s.spec, self.s.tx, config, self.s.abstract, self.s.shardings)
     self.stream = train.SyntheticStream(config.data, self.s.spec.model.config.vocab_size, config.global_batch_size,
                                         config.seed)
-    self.flops = self.s.flops
+    self.flops = self.s.flops  # what the hardware computes, recomputation included
+    self.model_flops = train.train_flops_per_step(self.s.spec.model.config, self.s.spec.model.out_features,
+                                                  train.batch_shapes(config), bool(config.grad_cache_chunk),
+                                                  recompute=False)
 
   def batch(self, i):
     return self.stream.get(i)
@@ -212,10 +215,8 @@ def run(cfg: TrainConfig) -> dict:
              backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind, compile_s=compile_s,
              flops_per_step=jx.flops, jax_step_s=stats(t_jax), jax_steps_per_s=stats([1 / t for t in t_jax]),
              jax_tflops=stats([jx.flops / t / 1e12 for t in t_jax]))
-  # train_flops_per_step counts what the hardware computes (recomputation included: +1 forward for gradient
-  # caching's first pass, +1 for full remat). MFU counts model FLOPs only (3 forward passes); HFU counts all.
-  passes = 3 + (1 if cfg.grad_cache_chunk else 0) + (1 if cfg.remat == "full" else 0)
-  res["model_flops_per_step"] = jx.flops * 3 / passes
+  # MFU counts model FLOPs only (3 forward passes); HFU counts recomputation too (gradient caching, full remat).
+  res["model_flops_per_step"] = jx.model_flops
   res["attention"] = config.model.attention
   res["prng"] = str(jax.config.jax_default_prng_impl)
   if peak:

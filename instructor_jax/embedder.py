@@ -175,34 +175,15 @@ class Instructor:
       # A short last call is padded to the next power of two rows (not to full): few shapes, little waste.
       rows = full if len(idx) == full else min(full, 1 << (len(idx) - 1).bit_length())
       length = pad if kind == "packed" else self.bucket(max(len(encoded[i].ids) for i in idx))
-      tokens = np.full((rows, length), self.tokenizer.pad_id, np.int32)
-      mask = np.zeros((rows, length), np.int32)
-      instr = np.zeros((rows,), np.int32)
       if kind == "bucket":
-        for row, i in enumerate(idx):
-          ids = encoded[i].ids
-          tokens[row, :len(ids)] = ids
-          mask[row, :len(ids)] = 1
-          instr[row] = encoded[i].instr_len
+        tokens, mask, instr = bucket_arrays(encoded, idx, rows, length, self.tokenizer.pad_id)
         emb = self._apply({"params": self.params}, tokens, instr, mask)
-        pending.append((emb, [(i, row) for row, i in enumerate(idx)]))
-        while len(pending) > _IN_FLIGHT:
-          _fetch(pending.pop(0), out)
-        continue
-      seg = np.zeros((rows, length), np.int32)
-      pool = np.zeros((rows, max(1, pad // 8), length), np.float32)
-      where = []
-      for row, members in enumerate(idx):
-        start = 0
-        for s, i in enumerate(members):
-          ids = encoded[i].ids
-          tokens[row, start:start + len(ids)] = ids
-          mask[row, start:start + len(ids)] = 1
-          seg[row, start:start + len(ids)] = s + 1
-          pool[row, s, start + encoded[i].instr_len:start + len(ids)] = 1.0
-          where.append((i, (row, s)))
-          start += len(ids)
-      emb = self._apply({"params": self.params}, tokens, instr, mask, segment_ids=seg, pool=pool)
+        where = [(i, row) for row, i in enumerate(idx)]
+      else:
+        tokens, mask, seg, pool, where = packed_arrays(encoded, idx, rows, length, max(1, pad // 8),
+                                                       self.tokenizer.pad_id)
+        emb = self._apply({"params": self.params}, tokens, np.zeros((rows,), np.int32), mask, segment_ids=seg,
+                          pool=pool)
       pending.append((emb, where))
       while len(pending) > _IN_FLIGHT:  # bounded: a huge corpus must not pile up on the device
         _fetch(pending.pop(0), out)
@@ -212,6 +193,42 @@ class Instructor:
 
 
 _IN_FLIGHT = 4  # encode calls dispatched ahead of the one being fetched
+
+
+def bucket_arrays(encoded, idx: Sequence[int], rows: int, length: int, pad_id: int):
+  """One input per row: ``tokens``, ``mask`` ``[rows, length]`` and ``instr_len [rows]`` for ``encoded[idx]``."""
+  tokens = np.full((rows, length), pad_id, np.int32)
+  mask = np.zeros((rows, length), np.int32)
+  instr = np.zeros((rows,), np.int32)
+  for row, i in enumerate(idx):
+    ids = encoded[i].ids
+    tokens[row, :len(ids)] = ids
+    mask[row, :len(ids)] = 1
+    instr[row] = encoded[i].instr_len
+  return tokens, mask, instr
+
+
+def packed_arrays(encoded, packed_rows: Sequence[Sequence[int]], rows: int, length: int, max_segments: int,
+                  pad_id: int):
+  """Several inputs per row (``packed_rows[r]`` lists row r's inputs): ``tokens``, ``mask``, 1-based
+  ``segment_ids`` ``[rows, length]``, the per-input pooling mask ``pool [rows, max_segments, length]`` and
+  ``where``: ``(input index, (row, segment))`` of every input."""
+  tokens = np.full((rows, length), pad_id, np.int32)
+  mask = np.zeros((rows, length), np.int32)
+  seg = np.zeros((rows, length), np.int32)
+  pool = np.zeros((rows, max_segments, length), np.float32)
+  where = []
+  for row, members in enumerate(packed_rows):
+    start = 0
+    for s, i in enumerate(members):
+      ids = encoded[i].ids
+      tokens[row, start:start + len(ids)] = ids
+      mask[row, start:start + len(ids)] = 1
+      seg[row, start:start + len(ids)] = s + 1
+      pool[row, s, start + encoded[i].instr_len:start + len(ids)] = 1.0
+      where.append((i, (row, s)))
+      start += len(ids)
+  return tokens, mask, seg, pool, where
 
 
 def _fetch(pending, out: np.ndarray) -> None:

@@ -85,15 +85,6 @@ class Folder:
   def backbone(self) -> str:
     return backbone(self.config)
 
-  # The names from when T5 was the only backbone.
-  @property
-  def t5_config(self) -> Config:
-    return self.config
-
-  @property
-  def t5_dir(self) -> str:
-    return self.model_dir
-
 
 def _read_json(path: str) -> Any:
   try:

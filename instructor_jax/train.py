@@ -405,8 +405,10 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
   return step, (grad_cache_grads if chunk else plain_grads)
 
 
-def train_flops_per_step(cfg: T5Config | BertConfig, out_features, batch_shapes: dict, grad_cache: bool) -> float:
-  """FLOPs of one training step on padded tokens (see the module docstring).
+def train_flops_per_step(cfg: T5Config | BertConfig, out_features, batch_shapes: dict, grad_cache: bool,
+                         recompute: bool = True) -> float:
+  """FLOPs of one training step on padded tokens (see the module docstring); ``recompute=False``: model FLOPs
+  only (3 forward passes, without gradient caching's first pass and full remat's second forward).
 
   Same count for both backbones (``BertConfig`` exposes T5's names: ``d_kv = hidden_size / heads``, ``d_ff =
   intermediate_size``, never gated): attention q, k, v, o and the two MLP matmuls per layer; BERT's biases, norms,
@@ -424,7 +426,7 @@ def train_flops_per_step(cfg: T5Config | BertConfig, out_features, batch_shapes:
   _, ld = batch_shapes["pos_tokens"]
   _, nneg, _ = batch_shapes["neg_tokens"]
   forward = fwd(b, lq) + fwd(b, ld) + fwd(b * nneg, ld)
-  passes = 3 + (1 if grad_cache else 0) + (1 if cfg.remat == "full" else 0)
+  passes = 3 + ((1 if grad_cache else 0) + (1 if cfg.remat == "full" else 0) if recompute else 0)
   return float(forward * passes)
 
 

@@ -94,12 +94,12 @@ class ReferenceInstructor:
 
   def __init__(self, folder: str, max_length: int = 512):
     import torch
-    from transformers import AutoTokenizer, T5EncoderModel
+    from transformers import AutoTokenizer
     modules_path = os.path.join(folder, "modules.json")
-    t5_dir, self.dense, self.normalize = folder, None, True
+    model_dir, self.dense, self.normalize = folder, None, True
     if os.path.exists(modules_path):
       modules = json.load(open(modules_path))
-      t5_dir = os.path.join(folder, modules[0]["path"])
+      model_dir = os.path.join(folder, modules[0]["path"])
       self.normalize = any(m["type"].endswith("Normalize") for m in modules)
       for m in modules:
         if m["type"].endswith("Dense"):
@@ -109,9 +109,14 @@ class ReferenceInstructor:
             self.dense = load_file(os.path.join(d, "model.safetensors"))["linear.weight"]
           else:
             self.dense = torch.load(os.path.join(d, "pytorch_model.bin"), weights_only=True)["linear.weight"]
-    self.tok = AutoTokenizer.from_pretrained(t5_dir)
-    self.model = T5EncoderModel.from_pretrained(t5_dir).eval()
+    self.tok = AutoTokenizer.from_pretrained(model_dir)
+    self.model = self.load_model(model_dir).eval()
     self.max_length = max_length
+
+  @staticmethod
+  def load_model(model_dir):
+    from transformers import T5EncoderModel
+    return T5EncoderModel.from_pretrained(model_dir)
 
   def tokenize(self, inputs):
     joined, n = [], []
@@ -324,19 +329,20 @@ class ReferenceBertInstructor(ReferenceInstructor):
   """The same PyTorch re-statement of the rule on transformers ``BertModel`` (the tokenizer adds ``[CLS]`` /
   ``[SEP]``; ``n = len(tokens(instruction.strip())) - 1`` therefore counts ``[CLS]``, and ``n <= 1 -> 0``)."""
 
-  def __init__(self, folder: str, max_length: int = 512):
+  @staticmethod
+  def load_model(model_dir):
     import torch
-    from transformers import AutoTokenizer, BertModel
-    modules_path = os.path.join(folder, "modules.json")
-    model_dir, self.dense, self.normalize = folder, None, True
-    if os.path.exists(modules_path):
-      modules = json.load(open(modules_path))
-      model_dir = os.path.join(folder, modules[0]["path"])
-      self.normalize = any(m["type"].endswith("Normalize") for m in modules)
-      for m in modules:
-        if m["type"].endswith("Dense"):
-          from safetensors.torch import load_file
-          self.dense = load_file(os.path.join(folder, m["path"], "model.safetensors"))["linear.weight"]
-    self.tok = AutoTokenizer.from_pretrained(model_dir)
-    self.model = BertModel.from_pretrained(model_dir, dtype=torch.float32).eval()
-    self.max_length = max_length
+    from transformers import BertModel
+    return BertModel.from_pretrained(model_dir, dtype=torch.float32)
+
+
+def assert_same_folders(a: str, b: str) -> None:
+  """Two checkpoint folders hold bit-identical fp32 tensors, the same Dense, encoder config and normalisation."""
+  import numpy as np
+  from instructor_jax import hf
+  fa, fb = hf.read_folder(a), hf.read_folder(b)
+  assert set(fa.state) == set(fb.state)
+  for k in fa.state:
+    assert fb.state[k].dtype == np.float32 and np.array_equal(fa.state[k], fb.state[k]), k
+  assert (fa.dense is None and fb.dense is None) or np.array_equal(fa.dense, fb.dense)
+  assert fa.config == fb.config and fa.normalize == fb.normalize

@@ -39,14 +39,20 @@ def max_diff(a, b):
   return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def grads(config, mesh):
+def grad_setup(config, mesh):
+  """``(grad_fn jitted with the trainer's shardings, initial params, the first synthetic batch)``."""
   s = train.setup(config, mesh)
   state = train.create_state(s.spec, s.tx, config, s.abstract, s.shardings)
   stream = train.SyntheticStream(config.data, config.model.t5["vocab_size"], config.global_batch_size, config.seed)
   batch = sharding.global_batch(mesh, stream.get(0))
   fn = jax.jit(s.grad_fn, in_shardings=(s.shardings["params"], s.batch_shardings, None),
                out_shardings=(s.shardings["params"], None))
-  g, m = fn(state["params"], batch, jax.random.PRNGKey(3))
+  return fn, state["params"], batch
+
+
+def grads(config, mesh):
+  fn, params, batch = grad_setup(config, mesh)
+  g, m = fn(params, batch, jax.random.PRNGKey(3))
   return jax.tree.map(np.asarray, g), float(m["loss"])
 
 
@@ -108,18 +114,12 @@ def main():
     dc.global_batch_size = 16
     dc.grad_cache_chunk = 8
     dc.loss.temperature = 0.5  # a smoother loss than 0.01 for the finite difference
-    mesh = sharding.make_mesh((4, 2, 1), devs)
-    s = train.setup(dc, mesh)
-    state = train.create_state(s.spec, s.tx, dc, s.abstract, s.shardings)
-    stream = train.SyntheticStream(dc.data, dc.model.t5["vocab_size"], dc.global_batch_size, dc.seed)
-    batch = sharding.global_batch(mesh, stream.get(0))
-    fn = jax.jit(s.grad_fn, in_shardings=(s.shardings["params"], s.batch_shardings, None),
-                 out_shardings=(s.shardings["params"], None))
+    fn, params, batch = grad_setup(dc, sharding.make_mesh((4, 2, 1), devs))
     key = jax.random.PRNGKey(7)
-    g, _ = fn(state["params"], batch, key)
+    g, _ = fn(params, batch, key)
     norm = float(np.sqrt(sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(g))))
     eps = 1e-2
-    loss = [float(fn(jax.tree.map(lambda p, d: p + sign * eps * d / norm, state["params"], g), batch, key)[1]["loss"])
+    loss = [float(fn(jax.tree.map(lambda p, d: p + sign * eps * d / norm, params, g), batch, key)[1]["loss"])
             for sign in (1, -1)]
     out["grad_cache_dropout"] = dict(finite_difference=(loss[0] - loss[1]) / (2 * eps), grad_norm=norm)
   if which == "hlo":  # sharded_check.py hlo OUT_DIR: the grad-cache step on data 4 x fsdp 2, 2 and 4 chunks

@@ -258,15 +258,6 @@ def test_from_pretrained_picks_the_backbone(st_dir, dense_dir, relu_dir, tmp_pat
     Instructor.from_pretrained(str(bad))
 
 
-def _same_tensors(a, b):
-  fa, fb = hf.read_folder(a), hf.read_folder(b)
-  assert set(fa.state) == set(fb.state)
-  for k in fa.state:
-    assert fb.state[k].dtype == np.float32 and np.array_equal(fa.state[k], fb.state[k]), k
-  assert (fa.dense is None and fb.dense is None) or np.array_equal(fa.dense, fb.dense)
-  assert fa.config == fb.config and fa.normalize == fb.normalize
-
-
 def test_export_keeps_the_sentence_transformers_layout(st_dir, dense_dir, tmp_path):
   out = str(tmp_path / "st")
   assert convert.main(["to-hf", "--model", st_dir, "--out", out]) == 0  # verifies itself (ours, BertModel, ST)
@@ -278,7 +269,7 @@ def test_export_keeps_the_sentence_transformers_layout(st_dir, dense_dir, tmp_pa
   assert json.load(open(os.path.join(out, "sentence_bert_config.json")))["max_seq_length"] == 256
   assert os.path.exists(os.path.join(out, "vocab.txt"))
   assert "BERT encoder" in open(os.path.join(out, "README.md")).read()
-  _same_tensors(st_dir, out)  # HF -> JAX -> HF bit-exact, pooler included
+  reference.assert_same_folders(st_dir, out)  # HF -> JAX -> HF bit-exact, pooler included
   assert "pooler.dense.weight" in hf.read_folder(out).state
   ours = Instructor.from_pretrained(out, max_length=128).encode(reference.PAIRS)
   st, comparable = convert.sentence_transformers_encode(out, reference.PAIRS, max_length=128)
@@ -290,7 +281,7 @@ def test_export_keeps_the_sentence_transformers_layout(st_dir, dense_dir, tmp_pa
                                 Instructor.from_pretrained(dense_dir).encode(reference.PAIRS[:8]))
   assert [m["path"] for m in json.load(open(os.path.join(out2, "modules.json")))] == [
       "", "1_Pooling", "2_Dense", "3_Normalize"]
-  _same_tensors(dense_dir, out2)
+  reference.assert_same_folders(dense_dir, out2)
   assert convert.main(["to-hf", "--model", st_dir, "--out", str(tmp_path / "legacy"), "--legacy-instructor"]) == 1
 
 
@@ -303,7 +294,7 @@ def test_orbax_round_trip_meta_and_eval_backends(st_dir, tmp_path):
   assert "pooler" in params["encoder"] and "dense" not in params
   out = str(tmp_path / "back")
   assert convert.main(["to-hf", "--checkpoint", work, "--out", out]) == 0
-  _same_tensors(st_dir, out)
+  reference.assert_same_folders(st_dir, out)
   pairs = reference.PAIRS[:12]
   embs = []
   for backend in ("jax", "torch"):
@@ -418,5 +409,5 @@ def test_minilm_converts_both_ways_bit_exactly(minilm_dir, tmp_path):
   work, out = str(tmp_path / "work"), str(tmp_path / "export")
   assert convert.main(["from-hf", "--model", minilm_dir, "--out", work]) == 0
   assert convert.main(["to-hf", "--checkpoint", work, "--out", out]) == 0
-  _same_tensors(minilm_dir, out)
+  reference.assert_same_folders(minilm_dir, out)
   assert [m["path"] for m in json.load(open(os.path.join(out, "modules.json")))] == ["", "1_Pooling", "2_Normalize"]

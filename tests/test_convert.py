@@ -12,7 +12,7 @@ import pytest
 
 from instructor_jax import convert, hf
 from instructor_jax.embedder import Instructor
-from reference import PAIRS, ReferenceInstructor, make_checkpoint
+from reference import PAIRS, ReferenceInstructor, assert_same_folders, make_checkpoint
 
 MAX_LEN = 512
 
@@ -94,12 +94,7 @@ def test_hf_jax_hf_bit_exact(tmp_path, proj, layout):
   params, hf_config, normalize, tok, _ = convert.load_hf(src)
   out = convert.export_folder(params, hf_config, str(tmp_path / "out"), tokenizer_dir=tok, normalize=normalize,
                               log=lambda *a: None)
-  a, b = hf.read_folder(src), hf.read_folder(out)
-  assert set(a.state) == set(b.state)
-  for k in a.state:
-    assert b.state[k].dtype == np.float32 and np.array_equal(a.state[k], b.state[k]), k
-  assert (a.dense is None and b.dense is None) or np.array_equal(a.dense, b.dense)
-  assert b.t5_config == a.t5_config and b.normalize == a.normalize
+  assert_same_folders(src, out)
 
 
 def test_bf16_params_export_as_fp32_and_half_option(tmp_path, src):
@@ -110,7 +105,7 @@ def test_bf16_params_export_as_fp32_and_half_option(tmp_path, src):
   out = convert.export_folder(bf16, hf_config, str(tmp_path / "fp32"), tokenizer_dir=tok, log=lambda *a: None,
                               verify=False)  # checked bit for bit below
   got = hf.read_folder(out)
-  want, _ = hf.from_flax(jax.tree.map(lambda x: np.asarray(x, np.float32), bf16), got.t5_config)
+  want, _ = hf.from_flax(jax.tree.map(lambda x: np.asarray(x, np.float32), bf16), got.config)
   assert all(got.state[k].dtype == np.float32 and np.array_equal(got.state[k], want[k]) for k in want)
   half = convert.export_folder(params, hf_config, str(tmp_path / "fp16"), tokenizer_dir=tok, dtype="float16",
                                log=lambda *a: None)

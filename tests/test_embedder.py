@@ -108,8 +108,8 @@ def test_pytorch_bin_weights(tmp_path):
 
 def test_flax_hf_round_trip_is_exact(relu_dir):
   f = hf.read_folder(relu_dir)
-  params = hf.to_flax(f.state, f.t5_config, f.dense)
-  state, dense = hf.from_flax(params, f.t5_config)
+  params = hf.to_flax(f.state, f.config, f.dense)
+  state, dense = hf.from_flax(params, f.config)
   assert set(state) == set(f.state)
   for k in state:
     np.testing.assert_array_equal(state[k], f.state[k])

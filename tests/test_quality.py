@@ -71,17 +71,7 @@ def test_torch_restatement_matches_jax_trainer(tmp_path):
   assert len(jax_losses) == steps
 
   out = str(tmp_path / "q")
-  orig = quality._config
-
-  class Cfg:  # the torch loop reads the same config module; give it the test's sizes
-    @staticmethod
-    def get_config():
-      return c
-  quality._config = lambda: Cfg
-  try:
-    export, _ = quality.train_torch("torch", MEDI, model_dir, out, steps, 0, dropout=0.0)
-  finally:
-    quality._config = orig
+  export, _ = quality.train_torch("torch", MEDI, model_dir, out, steps, 0, dropout=0.0, config=c)
   torch_losses = json.load(open(os.path.join(out, "runs", "torch", "losses.json")))
   np.testing.assert_allclose(torch_losses, jax_losses, rtol=2e-4)
   assert torch_losses[0] != torch_losses[-1]  # the weights did move
