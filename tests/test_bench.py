@@ -36,6 +36,21 @@ def test_tiny_suite_runs(tmp_path):
   assert "ratio jax/torch" in p.stdout
 
 
+def test_roofline_runs(tmp_path):
+  """``python -m bench.roofline`` at toy size: every figure present, the ceiling is the product it documents."""
+  out = tmp_path / "roofline.json"
+  env = dict(os.environ, PYTHONPATH=REPO)
+  p = subprocess.run([sys.executable, "-m", "bench.roofline", "--size", "tiny", "--reps", "1", "--threads", "1",
+                      "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  res = json.loads(out.read_text())
+  assert len(res["gemm"]) == 3 and len(res["jax"]) == 4 and len(res["torch"]) == 2
+  assert all(r["gflops"]["median"] > 0 for r in res["jax"] + res["torch"])
+  c = res["ceiling"]
+  assert c["ratio_ceiling"] == c["token_ratio"] * c["xla_gemm_gflops"] / c["torch_forward_gflops"]
+  assert "encode ratio ceiling" in p.stdout
+
+
 def test_stats_and_collectives():
   from bench import stats
   from bench.memory import collectives
