@@ -28,6 +28,7 @@ def get_config():
   c.mesh_shape = (-1, 1, 1)          # (data, fsdp, tensor); -1 takes all remaining devices
   c.logical_axis_rules = ()          # () = sharding.DEFAULT_RULES
   c.grad_cache_chunk = 0             # 0 = off; else queries per chunk (a multiple of the data x fsdp shards)
+  c.grad_cache_fsdp = "per_chunk"    # FSDP + caching: ZeRO-3 in the chunk loop, or "once" (gather/reduce once)
   c.peak_flops_per_device = 0.0      # 0 = known-chip table (no MFU on CPU)
   c.debug_nan_step = -1              # tests only: poison this step's loss / gradients
 

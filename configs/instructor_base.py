@@ -60,6 +60,7 @@ def make_config(size: str, variant: str = ""):
   c.compile_devices = devices           # --compile_only device count when mesh_shape has a -1
   c.logical_axis_rules = ()             # () = sharding.DEFAULT_RULES
   c.grad_cache_chunk = chunk            # queries per chunk (0 = off); a multiple of the data x fsdp shards
+  c.grad_cache_fsdp = "per_chunk"       # FSDP: parameters stay sharded in the chunk loop ("once": +2 copies)
   c.peak_flops_per_device = 0.0         # 0 = known-chip table
   c.debug_nan_step = -1
 

@@ -26,7 +26,8 @@ Reads top to bottom:
 Gradient caching (``config.grad_cache_chunk = C`` rows, GradCache, Gao et al. 2021): (a) embed the global batch
 in chunks of C queries (with their positives and negatives) without keeping activations; (b) take the loss and its
 gradient w.r.t. the embeddings only; (c) re-run each chunk under ``jax.vjp`` and accumulate ``J^T g`` (each device
-its own partial gradient, inside ``jax.shard_map``; the gradients are reduced over the batch axes once per step). The
+its own partial gradient, inside ``jax.shard_map``; reduced over ``data`` once per step; over ``fsdp`` per chunk
+(ZeRO-3, parameters stay sharded) or once with ``config.grad_cache_fsdp = "once"``, see ``grad_cache_grads``). The
 gradients equal the uncached step (dropout off; with dropout each chunk uses its own key in both passes), and
 activation memory is that of one chunk. Chunks are device-local: the batch ``[B]`` (split over S shards) is viewed
 as ``[S, k, C/S]`` and chunk j takes ``[:, j]``, i.e. C/S rows *from every shard*, so no rows move between devices
@@ -221,6 +222,15 @@ def _constrain(x, spec, mesh):
 _REPLICATED = jax.sharding.PartitionSpec()
 
 
+def _constrain_local(x, spec):
+  """Inside a partly manual ``shard_map``: pins ``x`` to ``spec`` over the automatic mesh axes (a no-op when it
+  names none)."""
+  spec = spec if isinstance(spec, jax.sharding.PartitionSpec) else jax.sharding.PartitionSpec(*spec)
+  if not any(_spec_axes(e) for e in spec):
+    return x
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
 def _spec_axes(entry) -> tuple:
   """The mesh axes of one ``PartitionSpec`` entry (``None``, a name or a tuple of names), in order."""
   return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
@@ -243,8 +253,8 @@ def _reduce_partial(x, spec, axes, mesh):
 
   Where the parameter's ``spec`` shards a dimension over some of ``axes`` (FSDP: ``embed`` over ``fsdp``), the sum
   is a reduce-scatter along that dimension, leaving each device its own slice; over the other axes (``data``) an
-  all-reduce. Axes of size 1 are never scattered over (a one-device reduce-scatter is not free on every backend);
-  they join the all-reduce, where they cost nothing.
+  all-reduce. Axes of size 1 are skipped (a one-device reduce-scatter is not free on every backend, and XLA's
+  partitioner rejects a one-device all-reduce while other mesh axes are automatic).
   """
   done = ()
   for dim, entry in enumerate(spec):
@@ -264,6 +274,10 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
   dropout = model.config.dropout_rate > 0
   variant = config.loss.get("variant", "instructor")
   chunk = int(config.get("grad_cache_chunk", 0) or 0)
+  fsdp_once = config.get("grad_cache_fsdp", "per_chunk")
+  if fsdp_once not in ("per_chunk", "once"):
+    raise ValueError(f"grad_cache_fsdp must be 'per_chunk' or 'once', got {fsdp_once!r}")
+  fsdp_once = fsdp_once == "once"
   shards = sharding.num_batch_shards(mesh)
   nan_step = int(config.get("debug_nan_step", -1))
 
@@ -288,69 +302,109 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
     return grads, metrics
 
   def grad_cache_grads(trainable, batch, rng):
-    """GradCache over the global batch, with the gradients reduced over the batch axes once per step.
+    """GradCache over the global batch, with the gradients reduced over ``data`` once per step.
 
     Passes (a) (embed every chunk, no activations kept) and (c) (each chunk's VJP, accumulated) run inside one
-    ``jax.shard_map`` each, manual over the batch axes (``data``, ``fsdp``) and automatic over ``tensor``. Each
-    device embeds and differentiates only its own rows, so it accumulates *its own, un-reduced* partial gradient
-    (one params-sized buffer per device, whatever k), and a single psum / psum_scatter after the scan reduces it.
-    Why not the alternatives: under automatic sharding an accumulator constrained to the parameter sharding is a
-    complete (reduced) value in every scan iteration, so XLA all-reduces the whole gradient once per chunk (k x
-    the bytes; what this replaced). A ``[S, ...params]`` accumulator vmapped over S shards would need the model's
-    own ``batch -> (data, fsdp)`` activation constraints switched off inside the vmap and relies on the
+    ``jax.shard_map`` each, manual over ``data`` (and over ``fsdp`` with ``grad_cache_fsdp="once"``), automatic
+    over the other axes. Each device embeds and differentiates only its own rows, so over the manual axes it
+    accumulates *its own, un-reduced* partial gradient and a single psum / psum_scatter after the scan reduces
+    it. Why not the alternatives: under automatic sharding an accumulator constrained to the parameter sharding
+    is a complete (reduced) value in every scan iteration, so XLA all-reduces the whole gradient once per chunk
+    (k x the bytes; what this replaced). A ``[S, ...params]`` accumulator vmapped over S shards would need the
+    model's own ``batch -> (data, fsdp)`` activation constraints switched off inside the vmap and relies on the
     partitioner to keep the vmapped VJP device-local; ``shard_map`` states it.
 
-    FSDP: parameters are all-gathered over ``fsdp`` once per step (not per layer and chunk) and the accumulator
-    holds the full (``tensor``-sharded) gradient on every device, i.e. one gathered parameter copy plus one
-    gradient copy instead of 1/fsdp slices: the price of reducing once. Pass (b), the loss over the global
-    batch, stays automatic (XLA gathers the embeddings). Dropout: a chunk's key is folded with the shard index
-    (the same in (a) and (c), so the recomputed activations are the ones the loss saw); masks therefore depend
-    on the mesh, as they already depended on the chunking.
+    FSDP (``config.grad_cache_fsdp``; the same gradients either way):
+    - ``"per_chunk"`` (default): ``fsdp`` stays automatic, so the chunk loop is ZeRO-3 like the uncached step:
+      parameters stay sharded (XLA gathers each layer in each chunk's forward and backward) and each chunk's
+      gradient is reduce-scattered over ``fsdp`` into a sharded accumulator. Memory: 1/fsdp of the parameters
+      and of the accumulator per device; communication over ``fsdp``: ~3 x parameter bytes per chunk.
+    - ``"once"``: ``fsdp`` is manual too: parameters are all-gathered over ``fsdp`` once per step and every
+      device accumulates a full-size (``tensor``-sharded) partial gradient, reduce-scattered once per step.
+      Communication: ~2 x parameter bytes per step whatever k; memory: + ~2 x (1 - 1/fsdp) x parameter bytes
+      per device (a gathered copy and a full accumulator). For models small next to device memory.
+    Pass (b), the loss over the global batch, stays automatic (XLA gathers the embeddings). Dropout: a chunk's
+    key is folded with the manual shard index (the same in (a) and (c), so the recomputed activations are the
+    ones the loss saw); masks therefore depend on the mesh, as they already depended on the chunking.
     """
     b = batch["query_tokens"].shape[0]
     if b % chunk or chunk % shards:
       raise ValueError(f"grad_cache_chunk={chunk} must divide global_batch_size={b} and be a multiple of the "
                        f"{shards} batch shards (data x fsdp)")
     k = b // chunk
-    axes = tuple(sharding.BATCH_AXES)
+    # The manual axes (size-1 axes never are: nothing to reduce, and XLA rejects a one-device all-reduce next to
+    # automatic axes); with none (one device, or per_chunk on a pure FSDP mesh) no shard_map is needed at all.
+    axes = tuple(a for a in (sharding.BATCH_AXES if fsdp_once else ("data",)) if mesh.shape[a] > 1)
+    auto_rows = tuple(a for a in sharding.BATCH_AXES if a not in axes and mesh.shape[a] > 1)  # rows split inside
+    f = math.prod(mesh.shape[a] for a in auto_rows)
     rows = jax.sharding.PartitionSpec(axes)
+
+    def manual(in_specs, out_specs):
+      if not axes:
+        return lambda fn: fn
+      return functools.partial(jax.shard_map, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                               axis_names=frozenset(axes))
     groups = _groups(batch)  # [(tokens [B, T, L], instr_len [B, T])], rows split over the batch axes
     keys = jax.vmap(lambda j: jnp.stack([jax.random.fold_in(jax.random.fold_in(rng, i), j)
                                          for i in range(len(groups))]))(jnp.arange(k))  # [k, groups] keys
-    # Inside the shard_maps the batch axes are manual: activation constraints may only name the other axes.
+    # Inside the shard_maps the manual axes may not be named by constraints: drop them from the rules.
     local_rules = tuple((name, _drop_axes(mesh_axes, axes)) for name, mesh_axes in nn.get_logical_axis_rules())
-    # Parameters enter replicated over the batch axes (FSDP: gathered here, once; tensor sharding kept).
     model_sh = param_shardings["model"]
-    gathered = jax.lax.with_sharding_constraint(trainable["model"], jax.tree.map(
-        lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+    # Parameters enter replicated over the manual axes ("once": gathered over fsdp here; tensor sharding kept).
+    gathered = trainable["model"] if not fsdp_once else jax.lax.with_sharding_constraint(
+        trainable["model"], jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
             *(_drop_axes(e, axes) for e in s.spec))), model_sh))
     grad_specs = jax.tree.map(
         lambda s: jax.sharding.PartitionSpec(*(_only_axes(e, axes) for e in s.spec)), model_sh)
+    auto_specs = jax.tree.map(  # the parameters' sharding over the automatic axes, for the accumulator
+        lambda s: jax.sharding.PartitionSpec(*(_drop_axes(e, axes) for e in s.spec)), model_sh)
 
     def local_chunks(x):
-      """This shard's rows ``[B/S, ...]`` -> ``[k, C/S, ...]``: chunk j = its rows ``j*C/S ..`` (as before)."""
-      return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+      """This shard's rows ``[B/S, ...]`` -> ``[k, C/S, ...]``: chunk j = rows ``j*C/S ..`` of every device.
+
+      With ``fsdp`` automatic (``per_chunk``) the shard's rows are f device blocks: ``[f, k, c]`` -> ``[k, f * c]``
+      keeps every chunk split over the same devices (no rows move); the chunks are the same as with ``once``."""
+      y = jnp.swapaxes(x.reshape(f, k, x.shape[0] // (f * k), *x.shape[1:]), 0, 1)
+      y = y.reshape(k, x.shape[0] // k, *x.shape[1:])
+      return _constrain_local(y, (None, auto_rows or None))
+
+    def unchunk(e):
+      """``[k, C/S, ...]`` -> this shard's rows ``[B/S, ...]`` in order (inverse of ``local_chunks``)."""
+      y = jnp.swapaxes(e.reshape(k, f, e.shape[1] // f, *e.shape[2:]), 0, 1)
+      return _constrain_local(y.reshape(k * e.shape[1], *e.shape[2:]), (auto_rows or None,))
+
+    def gather_tables(model_params):
+      """``per_chunk`` inside a shard_map: embedding tables (flax ``nn.Embed``'s ``embedding``) gathered over
+      ``fsdp`` for the lookup. XLA's partitioner aborts on a gather whose table is sharded over two automatic
+      axes (vocab over ``tensor``, embed over ``fsdp``) in a partly manual computation (jax 0.10.2, mesh 2x2x2)."""
+      if not axes or fsdp_once:
+        return model_params
+      return jax.tree_util.tree_map_with_path(
+          lambda path, x, spec: _constrain_local(x, jax.sharding.PartitionSpec(
+              *(_drop_axes(e, ("fsdp",)) for e in spec))) if getattr(path[-1], "key", None) == "embedding" else x,
+          model_params, auto_specs)
 
     def embed_chunk(model_params, chunk_groups, chunk_keys):
       """One chunk of this shard's rows: ``[[C/S, T, L]]`` -> ``[[C/S, T, D]]``."""
-      shard = jax.lax.axis_index(axes) if dropout else None
+      model_params = gather_tables(model_params)
+      shard = jax.lax.axis_index(axes) if dropout and axes else None
       out = []
       for i, (t, il) in enumerate(chunk_groups):
         n, width, length = t.shape
-        rngs = {"dropout": jax.random.fold_in(chunk_keys[i], shard)} if dropout else None
+        key = chunk_keys[i] if shard is None else jax.random.fold_in(chunk_keys[i], shard)
+        rngs = {"dropout": key} if dropout else None
         e = model.apply({"params": model_params}, t.reshape(n * width, length), il.reshape(n * width),
                         deterministic=not dropout, rngs=rngs)
         out.append(e.reshape(n, width, -1))
       return out
 
     # (a) embeddings of every chunk, no activations kept.
-    @functools.partial(jax.shard_map, mesh=mesh, in_specs=(_REPLICATED, rows, _REPLICATED), out_specs=rows,
-                       axis_names=frozenset(axes))
+    @manual(in_specs=(_REPLICATED, rows, _REPLICATED), out_specs=rows)
     def embed_all(model_params, local_groups, all_keys):
       with nn.logical_axis_rules(local_rules):
         chunked = [(local_chunks(t), local_chunks(il)) for t, il in local_groups]
         embs = jax.lax.map(lambda xs: embed_chunk(model_params, *xs), (chunked, all_keys))  # [[k, C/S, T, D]]
-        return [e.reshape(-1, *e.shape[2:]) for e in embs]  # [[B/S, T, D]], this shard's rows in order
+        return [unchunk(e) for e in embs]  # [[B/S, T, D]], this shard's rows in order
 
     embs = embed_all(jax.lax.stop_gradient(gathered), groups, keys)  # [[B, T, D]]
 
@@ -358,11 +412,10 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
     (_, metrics), (g_tr, g_embs) = jax.value_and_grad(score, argnums=(0, 1), has_aux=True)(trainable, embs)
 
     # (c) re-run each chunk with its VJP; accumulate this shard's partial gradient; reduce once after the scan.
-    @functools.partial(jax.shard_map, mesh=mesh, in_specs=(_REPLICATED, rows, _REPLICATED, rows),
-                       out_specs=grad_specs, axis_names=frozenset(axes))
+    @manual(in_specs=(_REPLICATED, rows, _REPLICATED, rows), out_specs=grad_specs)
     def accumulate(model_params, local_groups, all_keys, local_g):
       with nn.logical_axis_rules(local_rules):
-        # Varying over the batch axes: the VJP then returns this shard's own partial sum. (With the replicated
+        # Varying over the manual axes: the VJP then returns this shard's own partial sum. (With the replicated
         # value, the transpose of its implicit broadcast would psum every chunk's gradient: the per-chunk
         # all-reduce this avoids.)
         model_params = jax.lax.pcast(model_params, axes, to="varying")
@@ -372,10 +425,11 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
           (chunk_groups, chunk_keys), g = xs
           _, vjp = jax.vjp(lambda mp: embed_chunk(mp, chunk_groups, chunk_keys), model_params)
           (g_model,) = vjp(list(g))
-          return jax.tree.map(jnp.add, acc, g_model), None
+          acc = jax.tree.map(jnp.add, acc, g_model)
+          return jax.tree.map(_constrain_local, acc, auto_specs), None
 
-        acc, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, model_params),
-                              ((chunked, all_keys), [local_chunks(g) for g in local_g]))
+        acc0 = jax.tree.map(_constrain_local, jax.tree.map(jnp.zeros_like, model_params), auto_specs)
+        acc, _ = jax.lax.scan(body, acc0, ((chunked, all_keys), [local_chunks(g) for g in local_g]))
         return jax.tree.map(lambda x, s: _reduce_partial(x, s.spec, axes, mesh), acc, model_sh)
 
     g_model = accumulate(gathered, groups, keys, list(g_embs))

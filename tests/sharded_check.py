@@ -57,12 +57,15 @@ def grads(config, mesh):
 
 
 def compiled_hlo(config, mesh):
-  """Optimized HLO text of the jitted train step for ``config`` on ``mesh`` (compiled, not run)."""
+  """``(optimized HLO text, bytes per device: arguments + temporaries)`` of the jitted train step for ``config`` on
+  ``mesh`` (compiled, not run)."""
   import jax.numpy as jnp
   s = train.setup(config, mesh)
   batch = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=s.batch_shardings[k])
            for k, v in train.batch_shapes(config).items()}
-  return s.p_step.lower(s.abstract, batch).compile().as_text()
+  compiled = s.p_step.lower(s.abstract, batch).compile()
+  mem = compiled.memory_analysis()
+  return compiled.as_text(), int(mem.argument_size_in_bytes + mem.temp_size_in_bytes)
 
 
 def rel_diff(a, b):
@@ -95,8 +98,18 @@ def main():
     mesh = sharding.make_mesh((4, 2, 1), devs)
     g_ref, l_ref = grads(gc, mesh)
     gc.grad_cache_chunk = 8  # 2 chunks of 8 queries = 1 row from each of the 8 batch shards per chunk... x2
-    g_gc, l_gc = grads(gc, mesh)
-    out["grad_cache"] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
+    for mode in ("per_chunk", "once"):  # FSDP: ZeRO-3 inside the chunk loop, or gathered / reduced once
+      gc.grad_cache_fsdp = mode
+      g_gc, l_gc = grads(gc, mesh)
+      out["grad_cache" if mode == "per_chunk" else "grad_cache_once"] = dict(
+          rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
+    # pure FSDP (data 1 x fsdp 8): per_chunk needs no shard_map at all (the chunk loop is automatic ZeRO-3)
+    gc.grad_cache_fsdp = "per_chunk"
+    g_gc, l_gc = grads(gc, sharding.make_mesh((1, 8, 1), devs))
+    out["grad_cache_fsdp8"] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
+    # data 2 x fsdp 2 x tensor 2: two automatic axes inside the shard_map (the embedding-table gather case)
+    g_gc, l_gc = grads(gc, sharding.make_mesh((2, 2, 2), devs))
+    out["grad_cache_3d"] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
     # queries and documents of different lengths (two encoder calls), learnable temperature, 4 chunks
     gc = tiny_config.get_config()
     gc.global_batch_size = 16
@@ -126,14 +139,23 @@ def main():
     hc = tiny_config.get_config()
     hc.global_batch_size = 32
     hc.data.max_query_length = hc.data.max_doc_length
+    # Parameters large next to the activations (wide MLP, short rows), so where they live shows in the memory.
+    hc.model.t5 = dict(hc.model.t5, d_ff=4096)
+    hc.data.max_query_length = hc.data.max_doc_length = 8
     mesh = sharding.make_mesh((4, 2, 1), devs)
-    out["hlo"] = {}
-    for k in (2, 4):
-      hc.grad_cache_chunk = hc.global_batch_size // k
-      path = os.path.join(sys.argv[2], f"grad_cache_k{k}.hlo")
-      with open(path, "w") as f:
-        f.write(compiled_hlo(hc, mesh))
-      out["hlo"][k] = path
+    out["hlo"], out["memory"] = {}, {}
+    for mode in ("once", "per_chunk"):
+      hc.grad_cache_fsdp = mode
+      for k in (2, 4):
+        hc.grad_cache_chunk = hc.global_batch_size // k
+        text, mem = compiled_hlo(hc, mesh)
+        path = os.path.join(sys.argv[2], f"grad_cache_{mode}_k{k}.hlo")
+        with open(path, "w") as f:
+          f.write(text)
+        out["hlo"][f"{mode}_k{k}"] = path
+        out["memory"][f"{mode}_k{k}"] = mem
+    s = train.setup(hc, mesh)
+    out["param_bytes"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(s.abstract["params"]["model"]))
   print("RESULT " + json.dumps(out), flush=True)
 
 
