@@ -305,8 +305,8 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
     """GradCache over the global batch, with the gradients reduced over ``data`` once per step.
 
     Passes (a) (embed every chunk, no activations kept) and (c) (each chunk's VJP, accumulated) run inside one
-    ``jax.shard_map`` each, manual over ``data`` (and over ``fsdp`` with ``grad_cache_fsdp="once"``), automatic
-    over the other axes. Each device embeds and differentiates only its own rows, so over the manual axes it
+    ``jax.shard_map`` each, manual over ``data`` (and over ``fsdp`` with ``grad_cache_fsdp="once"``; axes of
+    size 1 never; no shard_map at all when no axis is left), automatic over the other axes. Each device embeds and differentiates only its own rows, so over the manual axes it
     accumulates *its own, un-reduced* partial gradient and a single psum / psum_scatter after the scan reduces
     it. Why not the alternatives: under automatic sharding an accumulator constrained to the parameter sharding
     is a complete (reduced) value in every scan iteration, so XLA all-reduces the whole gradient once per chunk
@@ -314,18 +314,23 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
     model's own ``batch -> (data, fsdp)`` activation constraints switched off inside the vmap and relies on the
     partitioner to keep the vmapped VJP device-local; ``shard_map`` states it.
 
-    FSDP (``config.grad_cache_fsdp``; the same gradients either way):
+    FSDP (``config.grad_cache_fsdp``; with dropout off both give the uncached step's gradients):
     - ``"per_chunk"`` (default): ``fsdp`` stays automatic, so the chunk loop is ZeRO-3 like the uncached step:
-      parameters stay sharded (XLA gathers each layer in each chunk's forward and backward) and each chunk's
-      gradient is reduce-scattered over ``fsdp`` into a sharded accumulator. Memory: 1/fsdp of the parameters
-      and of the accumulator per device; communication over ``fsdp``: ~3 x parameter bytes per chunk.
+      parameters stay sharded (XLA gathers each layer in each chunk's forward and backward; embedding tables
+      are gathered over ``fsdp`` per chunk, see ``gather_tables``) and each chunk's gradient is reduce-scattered
+      over ``fsdp`` into a sharded accumulator. Communication over ``fsdp``: ~4 x parameter bytes per chunk
+      (gathers for pass (a), the recomputed forward and the backward; the reduce-scatter).
     - ``"once"``: ``fsdp`` is manual too: parameters are all-gathered over ``fsdp`` once per step and every
       device accumulates a full-size (``tensor``-sharded) partial gradient, reduce-scattered once per step.
-      Communication: ~2 x parameter bytes per step whatever k; memory: + ~2 x (1 - 1/fsdp) x parameter bytes
-      per device (a gathered copy and a full accumulator). For models small next to device memory.
+      Communication: ~2 x parameter bytes per step whatever k; memory: a gathered parameter copy, a full-size
+      accumulator and each chunk's full-size gradient per device (XL on fsdp 8: 13 GB more than ``per_chunk``,
+      BENCHMARKS.md). For models small next to device memory.
     Pass (b), the loss over the global batch, stays automatic (XLA gathers the embeddings). Dropout: a chunk's
-    key is folded with the manual shard index (the same in (a) and (c), so the recomputed activations are the
-    ones the loss saw); masks therefore depend on the mesh, as they already depended on the chunking.
+    key is folded with the manual shard index, if any (the same in (a) and (c), so the recomputed activations
+    are the ones the loss saw); rows split over automatic axes draw their masks as one array (with the default
+    threefry PRNG the bits do not depend on the partitioning; ``rbg`` / ``unsafe_rbg`` promise no such thing,
+    and the finite-difference test covers threefry only). Masks therefore depend on the mesh and the FSDP mode, as they
+    already depended on the chunking.
     """
     b = batch["query_tokens"].shape[0]
     if b % chunk or chunk % shards:

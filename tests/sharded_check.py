@@ -103,13 +103,17 @@ def main():
       g_gc, l_gc = grads(gc, mesh)
       out["grad_cache" if mode == "per_chunk" else "grad_cache_once"] = dict(
           rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
-    # pure FSDP (data 1 x fsdp 8): per_chunk needs no shard_map at all (the chunk loop is automatic ZeRO-3)
-    gc.grad_cache_fsdp = "per_chunk"
-    g_gc, l_gc = grads(gc, sharding.make_mesh((1, 8, 1), devs))
-    out["grad_cache_fsdp8"] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
-    # data 2 x fsdp 2 x tensor 2: two automatic axes inside the shard_map (the embedding-table gather case)
-    g_gc, l_gc = grads(gc, sharding.make_mesh((2, 2, 2), devs))
-    out["grad_cache_3d"] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
+    for mode in ("per_chunk", "once"):
+      gc.grad_cache_fsdp = mode
+      suffix = "" if mode == "per_chunk" else "_once"
+      # pure FSDP (data 1 x fsdp 8): per_chunk needs no shard_map at all (the chunk loop is automatic ZeRO-3);
+      # once is manual over fsdp alone
+      g_gc, l_gc = grads(gc, sharding.make_mesh((1, 8, 1), devs))
+      out["grad_cache_fsdp8" + suffix] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
+      # data 2 x fsdp 2 x tensor 2: per_chunk has two automatic axes inside the shard_map (the embedding-table
+      # gather case); once has tensor automatic beside two manual axes
+      g_gc, l_gc = grads(gc, sharding.make_mesh((2, 2, 2), devs))
+      out["grad_cache_3d" + suffix] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
     # queries and documents of different lengths (two encoder calls), learnable temperature, 4 chunks
     gc = tiny_config.get_config()
     gc.global_batch_size = 16
@@ -122,19 +126,24 @@ def main():
   if which == "grad_cache_dropout":
     # With dropout, pass (c) must recompute exactly the activations pass (a) scored (same keys, same rows per
     # shard): only then is the cached gradient the derivative of the loss the step reports. Central difference of
-    # that loss along the unit gradient direction u vs <g, u> = |g| (data 4 x fsdp 2, 2 chunks of 8).
-    dc = tiny_config.get_config()
-    dc.global_batch_size = 16
-    dc.grad_cache_chunk = 8
-    dc.loss.temperature = 0.5  # a smoother loss than 0.01 for the finite difference
-    fn, params, batch = grad_setup(dc, sharding.make_mesh((4, 2, 1), devs))
-    key = jax.random.PRNGKey(7)
-    g, _ = fn(params, batch, key)
-    norm = float(np.sqrt(sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(g))))
-    eps = 1e-2
-    loss = [float(fn(jax.tree.map(lambda p, d: p + sign * eps * d / norm, params, g), batch, key)[1]["loss"])
-            for sign in (1, -1)]
-    out["grad_cache_dropout"] = dict(finite_difference=(loss[0] - loss[1]) / (2 * eps), grad_norm=norm)
+    # that loss along the unit gradient direction u vs <g, u> = |g| (2 chunks of 8) on: data 4 x fsdp 2 in both
+    # FSDP modes, and data 1 x fsdp 8 with per_chunk (no shard_map: rows split over fsdp by the partitioner).
+    out["grad_cache_dropout"] = {}
+    for mode, shape in (("per_chunk", (4, 2, 1)), ("once", (4, 2, 1)), ("per_chunk", (1, 8, 1))):
+      dc = tiny_config.get_config()
+      dc.global_batch_size = 16
+      dc.grad_cache_chunk = 8
+      dc.grad_cache_fsdp = mode
+      dc.loss.temperature = 0.5  # a smoother loss than 0.01 for the finite difference
+      fn, params, batch = grad_setup(dc, sharding.make_mesh(shape, devs))
+      key = jax.random.PRNGKey(7)
+      g, _ = fn(params, batch, key)
+      norm = float(np.sqrt(sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(g))))
+      eps = 1e-2
+      loss = [float(fn(jax.tree.map(lambda p, d: p + sign * eps * d / norm, params, g), batch, key)[1]["loss"])
+              for sign in (1, -1)]
+      out["grad_cache_dropout"][f"{mode}_{'x'.join(map(str, shape))}"] = dict(
+          finite_difference=(loss[0] - loss[1]) / (2 * eps), grad_norm=norm)
   if which == "hlo":  # sharded_check.py hlo OUT_DIR: the grad-cache step on data 4 x fsdp 2, 2 and 4 chunks
     hc = tiny_config.get_config()
     hc.global_batch_size = 32

@@ -52,7 +52,8 @@ def test_eight_devices_match_one(eight_devices, mesh):
 
 
 @pytest.mark.parametrize("case", ["grad_cache", "grad_cache_once", "grad_cache_fsdp8",
-                                  "grad_cache_3d", "grad_cache_split"])
+                                  "grad_cache_fsdp8_once", "grad_cache_3d", "grad_cache_3d_once",
+                                  "grad_cache_split"])
 def test_grad_cache_matches_uncached_on_sharded_mesh(eight_devices, case):
   r = eight_devices[case]
   assert r["rel_l2"] <= 1e-5, r

@@ -178,9 +178,9 @@ def test_grad_cache_one_and_two_processes_match_uncached(tmp_path):
       np.testing.assert_allclose(x, y, atol=1e-5)
 
 
-def _reductions(hlo: str):
-  """``(outside, inside)``: all-reduce / reduce-scatter ops of compiled HLO text as ``(count, result bytes)``,
-  outside any while loop and inside one (a loop body or condition, or any computation those call)."""
+def _loop_computations(hlo: str):
+  """``(computations, in_loop)``: the lines of each computation of compiled HLO text, and the names of those inside
+  a while loop (a loop body or condition, or any computation those call)."""
   comps, refs, cur = {}, {}, None
   for line in hlo.splitlines():
     if line and not line[0].isspace() and line.rstrip().endswith("{"):  # computation header
@@ -197,6 +197,13 @@ def _reductions(hlo: str):
       if callee in comps and callee not in in_loop:
         in_loop.add(callee)
         todo.append(callee)
+  return comps, in_loop
+
+
+def _reductions(hlo: str):
+  """``(outside, inside)``: all-reduce / reduce-scatter ops of compiled HLO text as ``(count, result bytes)``,
+  outside any while loop and inside one (see ``_loop_computations``)."""
+  comps, in_loop = _loop_computations(hlo)
   out = {False: [0, 0], True: [0, 0]}
   for name, lines in comps.items():
     for line in lines:
@@ -225,6 +232,7 @@ def test_grad_cache_reduces_gradients_once(tmp_path):
   r = json.loads(lines[-1][len("RESULT "):])
   hlo = {name: open(path).read() for name, path in r["hlo"].items()}
   (out2, in2), (out4, in4) = (_reductions(hlo[f"once_k{k}"]) for k in (2, 4))
+  assert all(_loop_computations(hlo[f"once_k{k}"])[1] for k in (2, 4))  # the chunk loop is there
   assert in2 == in4 == (0, 0), (in2, in4)
   assert out2 == out4 and out2[0] > 0, (out2, out4)
   (_, in2), (_, in4) = (_reductions(hlo[f"per_chunk_k{k}"]) for k in (2, 4))
@@ -237,32 +245,34 @@ def test_grad_cache_reduces_gradients_once(tmp_path):
 
 
 def _loop_reduction_group_sizes(hlo: str) -> set:
-  """Replica-group sizes of the all-reduce / reduce-scatter ops inside while-loop computations."""
-  sizes, in_loop = set(), False
-  loops = {n.lstrip("%") for n in re.findall(r"(?:body|condition)=(%?[\w.\-]+)", hlo)}
-  for line in hlo.splitlines():
-    if line and not line[0].isspace() and line.rstrip().endswith("{"):
-      in_loop = line.split()[0].lstrip("%") in loops  # (reductions sit directly in the loop bodies here)
-    elif in_loop and re.search(r"\s(?:all-reduce|reduce-scatter)(?:-start)?\(", line):
-      m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)  # iota form [groups, size]<=[n]
-      if m:
-        sizes.add(int(m.group(2)))
-      else:
-        m = re.search(r"replica_groups=\{\{([\d,]+)\}", line)
-        sizes.add(len(m.group(1).split(",")) if m else -1)
+  """Replica-group sizes of the all-reduce / reduce-scatter ops inside while loops (see ``_loop_computations``)."""
+  comps, in_loop = _loop_computations(hlo)
+  sizes = set()
+  for name in in_loop:
+    for line in comps.get(name, ()):
+      if re.search(r"\s(?:all-reduce|reduce-scatter)(?:-start)?\(", line):
+        m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)  # iota form [groups, size]<=[n]
+        if m:
+          sizes.add(int(m.group(2)))
+        else:
+          m = re.search(r"replica_groups=\{\{([\d,]+)\}", line)
+          sizes.add(len(m.group(1).split(",")) if m else -1)
   return sizes
 
 
 def test_grad_cache_gradient_is_derivative_of_loss_with_dropout():
-  """Dropout on, 8 fake devices (data 4 x fsdp 2): the cached gradient is the derivative of the loss the step
-  scored, i.e. the VJP pass re-draws the first pass's dropout masks on every shard (finite difference)."""
+  """Dropout on, 8 fake devices (data 4 x fsdp 2 in both FSDP modes; data 1 x fsdp 8 per_chunk): the cached
+  gradient is the derivative of the loss the step scored, i.e. the VJP pass re-draws the first pass's dropout
+  masks on every shard (finite difference)."""
   env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py"), "grad_cache_dropout"], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=600)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-  r = json.loads(lines[-1][len("RESULT "):])["grad_cache_dropout"]
-  assert r["finite_difference"] == pytest.approx(r["grad_norm"], rel=0.02), r
+  results = json.loads(lines[-1][len("RESULT "):])["grad_cache_dropout"]
+  assert set(results) == {"per_chunk_4x2x1", "once_4x2x1", "per_chunk_1x8x1"}, results
+  for r in results.values():
+    assert r["finite_difference"] == pytest.approx(r["grad_norm"], rel=0.02), results
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
