@@ -328,8 +328,8 @@ def make_train_step(model: InstructorModel, tx, schedule, config, mesh, param_sh
     Pass (b), the loss over the global batch, stays automatic (XLA gathers the embeddings). Dropout: a chunk's
     key is folded with the manual shard index, if any (the same in (a) and (c), so the recomputed activations
     are the ones the loss saw); rows split over automatic axes draw their masks as one array (with the default
-    threefry PRNG the bits do not depend on the partitioning; ``rbg`` / ``unsafe_rbg`` promise no such thing,
-    and the finite-difference test covers threefry only). Masks therefore depend on the mesh and the FSDP mode, as they
+    threefry PRNG the bits do not depend on the partitioning; ``rbg`` / ``unsafe_rbg`` promise no such thing;
+    the finite-difference test uses threefry, and a run of it by hand with ``unsafe_rbg`` on CPU also agreed). Masks therefore depend on the mesh and the FSDP mode, as they
     already depended on the chunking.
     """
     b = batch["query_tokens"].shape[0]
