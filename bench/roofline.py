@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from bench import SIZES, log, machine, set_threads, stats, torch_threads
+from bench import SIZES, log, machine, set_threads, stats, timer, torch_threads
 
 SHAPES = ((8, 128), (16, 64), (32, 32), (64, 16))
 TORCH_SHAPES = ((32, 32), (8, 128))
@@ -38,12 +37,11 @@ def forward_flops(rows: int, length: int, c: dict) -> float:
 
 
 def _time(fn, reps):
-  fn()
+  fn()  # compile / warm up
   out = []
   for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    out.append(time.perf_counter() - t0)
+    with timer(out):
+      fn()
   return out
 
 

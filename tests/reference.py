@@ -57,29 +57,39 @@ def make_checkpoint(out: str, feed_forward_proj: str = "relu", layout: str = "in
     return out
   transformer_type = ("InstructorEmbedding.INSTRUCTOR_Transformer" if layout == "instructor"
                       else "sentence_transformers.models.Transformer")
-  modules = [{"idx": 0, "name": "0", "path": "" if layout == "instructor" else "0_Transformer",
-              "type": transformer_type},
+  return _write_sentence_transformers_modules(
+      out, t5_dir, "" if layout == "instructor" else "0_Transformer", transformer_type, cfg.d_model, out_features,
+      seed, max_seq_length=512, safetensors=safetensors)
+
+
+def _write_sentence_transformers_modules(out, model_dir, transformer_path, transformer_type, dim, out_features, seed,
+                                         max_seq_length, safetensors=True) -> str:
+  """The sentence-transformers files around a saved Transformer: ``sentence_bert_config.json``, ``1_Pooling``
+  (mean), ``2_Dense`` (random, bias-free, only if ``out_features``), ``N_Normalize`` and ``modules.json``."""
+  import torch
+  modules = [{"idx": 0, "name": "0", "path": transformer_path, "type": transformer_type},
              {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-  _json(os.path.join(t5_dir, "sentence_bert_config.json"), {"max_seq_length": 512, "do_lower_case": False})
+  _json(os.path.join(model_dir, "sentence_bert_config.json"), {"max_seq_length": max_seq_length,
+                                                               "do_lower_case": False})
   os.makedirs(os.path.join(out, "1_Pooling"), exist_ok=True)
   _json(os.path.join(out, "1_Pooling", "config.json"), {
-      "word_embedding_dimension": cfg.d_model, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+      "word_embedding_dimension": dim, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
       "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
   if out_features is not None:
     modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     os.makedirs(os.path.join(out, "2_Dense"), exist_ok=True)
-    w = torch.randn(out_features, cfg.d_model, generator=torch.Generator().manual_seed(seed + 1)) / cfg.d_model ** .5
+    w = torch.randn(out_features, dim, generator=torch.Generator().manual_seed(seed + 1)) / dim ** .5
     _json(os.path.join(out, "2_Dense", "config.json"), {
-        "in_features": cfg.d_model, "out_features": out_features, "bias": False,
+        "in_features": dim, "out_features": out_features, "bias": False,
         "activation_function": "torch.nn.modules.linear.Identity"})
     if safetensors:
       from safetensors.torch import save_file
       save_file({"linear.weight": w.contiguous()}, os.path.join(out, "2_Dense", "model.safetensors"))
     else:
       torch.save({"linear.weight": w}, os.path.join(out, "2_Dense", "pytorch_model.bin"))
-  modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules)}_Normalize",
-                  "type": "sentence_transformers.models.Normalize"})
-  os.makedirs(os.path.join(out, modules[-1]["path"]), exist_ok=True)
+  n = len(modules)
+  modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"})
+  os.makedirs(os.path.join(out, f"{n}_Normalize"), exist_ok=True)
   _json(os.path.join(out, "modules.json"), modules)
   return out
 
@@ -300,29 +310,9 @@ def make_bert_checkpoint(out: str, hidden_act: str = "gelu", layout: str = "sent
   write_bert_tokenizer(model_dir)
   if layout == "bert":
     return out
-  _json(os.path.join(model_dir, "sentence_bert_config.json"), {"max_seq_length": 256, "do_lower_case": False})
-  modules = [{"idx": 0, "name": "0", "path": "" if layout == "sentence-transformers" else "0_Transformer",
-              "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-  os.makedirs(os.path.join(out, "1_Pooling"), exist_ok=True)
-  _json(os.path.join(out, "1_Pooling", "config.json"), {
-      "word_embedding_dimension": cfg.hidden_size, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-      "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
-  if out_features is not None:
-    from safetensors.torch import save_file
-    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
-    os.makedirs(os.path.join(out, "2_Dense"), exist_ok=True)
-    g = torch.Generator().manual_seed(seed + 1)
-    w = torch.randn(out_features, cfg.hidden_size, generator=g) / cfg.hidden_size ** .5
-    _json(os.path.join(out, "2_Dense", "config.json"), {
-        "in_features": cfg.hidden_size, "out_features": out_features, "bias": False,
-        "activation_function": "torch.nn.modules.linear.Identity"})
-    save_file({"linear.weight": w.contiguous()}, os.path.join(out, "2_Dense", "model.safetensors"))
-  n = len(modules)
-  modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"})
-  os.makedirs(os.path.join(out, f"{n}_Normalize"), exist_ok=True)
-  _json(os.path.join(out, "modules.json"), modules)
-  return out
+  return _write_sentence_transformers_modules(
+      out, model_dir, "" if layout == "sentence-transformers" else "0_Transformer",
+      "sentence_transformers.models.Transformer", cfg.hidden_size, out_features, seed, max_seq_length=256)
 
 
 class ReferenceBertInstructor(ReferenceInstructor):

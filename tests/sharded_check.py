@@ -57,15 +57,16 @@ def grads(config, mesh):
 
 
 def compiled_hlo(config, mesh):
-  """``(optimized HLO text, bytes per device: arguments + temporaries)`` of the jitted train step for ``config`` on
-  ``mesh`` (compiled, not run)."""
+  """``(optimized HLO text, bytes per device: arguments + temporaries, model parameter bytes)`` of the jitted train
+  step for ``config`` on ``mesh`` (compiled, not run)."""
   import jax.numpy as jnp
   s = train.setup(config, mesh)
   batch = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=s.batch_shardings[k])
            for k, v in train.batch_shapes(config).items()}
   compiled = s.p_step.lower(s.abstract, batch).compile()
   mem = compiled.memory_analysis()
-  return compiled.as_text(), int(mem.argument_size_in_bytes + mem.temp_size_in_bytes)
+  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(s.abstract["params"]["model"]))
+  return compiled.as_text(), int(mem.argument_size_in_bytes + mem.temp_size_in_bytes), param_bytes
 
 
 def rel_diff(a, b):
@@ -157,14 +158,12 @@ def main():
       hc.grad_cache_fsdp = mode
       for k in (2, 4):
         hc.grad_cache_chunk = hc.global_batch_size // k
-        text, mem = compiled_hlo(hc, mesh)
+        text, mem, out["param_bytes"] = compiled_hlo(hc, mesh)
         path = os.path.join(sys.argv[2], f"grad_cache_{mode}_k{k}.hlo")
         with open(path, "w") as f:
           f.write(text)
         out["hlo"][f"{mode}_k{k}"] = path
         out["memory"][f"{mode}_k{k}"] = mem
-    s = train.setup(hc, mesh)
-    out["param_bytes"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(s.abstract["params"]["model"]))
   print("RESULT " + json.dumps(out), flush=True)
 
 
