@@ -142,7 +142,8 @@ def machine() -> dict:
   import hashlib
   info["sources_sha256"] = {}
   for rel in ("instructor_jax/t5.py", "instructor_jax/embedder.py", "instructor_jax/train.py",
-              "instructor_jax/losses.py", "instructor_jax/sharding.py"):
+              "instructor_jax/step.py", "instructor_jax/packing.py", "instructor_jax/losses.py",
+              "instructor_jax/sharding.py"):
     try:
       with open(os.path.join(REPO, rel), "rb") as f:
         info["sources_sha256"][rel] = hashlib.sha256(f.read()).hexdigest()[:12]

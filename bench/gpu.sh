@@ -2,7 +2,8 @@
 # The GPU part of the benchmark suite in one go, on a CUDA host with jax[cuda], torch (CUDA), transformers, flax,
 # optax, orbax-checkpoint and ml_collections installed (the commands below are the ones quoted in BENCHMARKS.md).
 #
-#   bash bench/gpu.sh OUT_DIR [STAGE ...]      # stages: env tests encode train train64 train_xla mfu memory fit (default: all)
+#   bash bench/gpu.sh OUT_DIR [STAGE ...]      # stages: env tests encode train train64 train_xla mfu memory fit packing
+#                                              # (default: all but mfu and packing)
 #
 # JAX and torch share the GPU inside one process, so JAX's 75% pre-allocation is turned off. Each stage has a time
 # limit and a failing stage does not stop the others; JSON results land in OUT_DIR, tables on stdout.
@@ -58,6 +59,16 @@ for stage in $STAGES; do
         --json "$OUT/memory.json" ;;
     fit)
       run fit 500 $PY -m bench.run --suite gpu --only fit --attention cudnn --json "$OUT/fit.json" ;;
+    packing)  # packed training (issue 12; XLA attention: cuDNN's kernel takes no segments). MEDI_MIX: the mix
+      # `python -m bench.packing mix` builds from ../shared (carry it); T5-base bf16 at global batch 256 with
+      # real-token MFU and padded steps beside it, then the T5-large fit check: 4,096 queries + 1 negative at
+      # length 256 with gradient caching, packed, peak device memory
+      MIX=${MEDI_MIX:?set MEDI_MIX to the MEDI-shaped mix (python -m bench.packing mix --out FILE)}
+      run packing_base256 420 $PY -m bench.packing step --medi "$MIX" --size base --global-batch 256 \
+        --dtype bfloat16 --steps 24 --warmup 4 --padded-every 6 --json "$OUT/packing_base256.json"
+      run packing_fit_large 420 $PY -m bench.packing step --medi "$MIX" --size large --global-batch 4096 \
+        --length 256 --dtype bfloat16 --remat full --grad-cache-chunk 128 --steps 3 --padded-every 0 \
+        --json "$OUT/packing_fit_large.json" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

@@ -122,11 +122,11 @@ def _worker(spec: dict) -> dict:
   out, compiled, s = compile_step(config)
   out["devices"] = jax.device_count()
   if spec["kind"] == "scaling":
-    from instructor_jax import sharding, train
+    from instructor_jax import data, sharding, train
     out["collectives"] = collectives(compiled.as_text())
     out["param_bytes"] = train.bytes_per_device(s.abstract["params"]) * 1  # replicated under pure DP
     state = train.create_state(s.spec, s.tx, config, s.abstract, s.shardings)
-    stream = train.SyntheticStream(config.data, s.spec.model.config.vocab_size, config.global_batch_size, 0)
+    stream = data.SyntheticStream(config.data, s.spec.model.config.vocab_size, config.global_batch_size, 0)
     batch = sharding.global_batch(s.mesh, stream.get(0))
     state, m = s.p_step(state, batch)
     float(m["loss"])
@@ -138,9 +138,9 @@ def _worker(spec: dict) -> dict:
       times.append(time.perf_counter() - t0)
     out["step_s"] = stats(times)
   if spec.get("execute"):
-    from instructor_jax import sharding, train
+    from instructor_jax import data, sharding, train
     state = train.create_state(s.spec, s.tx, config, s.abstract, s.shardings)
-    stream = train.SyntheticStream(config.data, s.spec.model.config.vocab_size, config.global_batch_size, 0)
+    stream = data.SyntheticStream(config.data, s.spec.model.config.vocab_size, config.global_batch_size, 0)
     state, m = s.p_step(state, sharding.global_batch(s.mesh, stream.get(0)))
     float(m["loss"])
     ms = jax.devices()[0].memory_stats() or {}

@@ -2,11 +2,11 @@
 
 Same work on both sides: a random T5 encoder of the given size (dropout 0.1 as in training) + INSTRUCTOR pooling +
 Dense + normalisation on queries ``[B, Lq]``, positives ``[B, Ld]`` and ``N`` hard negatives per query
-``[B*N, Ld]`` (the same synthetic token arrays, ``train.SyntheticStream``), the INSTRUCTOR contrastive loss over the
+``[B*N, Ld]`` (the same synthetic token arrays, ``data.SyntheticStream``; padded on both sides, ``config.data.pack = False``), the INSTRUCTOR contrastive loss over the
 global batch (``losses.contrastive_loss``, temperature 0.01), gradient clipping at norm 1 and AdamW. Timed per step
 with a host sync on the loss each step on both sides (as a training loop that logs every step would), JAX and
 torch interleaved rep by rep. Compilation is measured separately (the first step, ``jax.monitoring`` compile
-events) and excluded. FLOPs per step come from ``train.train_flops_per_step`` (documented in train.py's docstring;
+events) and excluded. FLOPs per step come from ``step.padded_flops`` (documented in step.py's docstring;
 padded tokens, backward = 2x forward); MFU is reported where the device's peak is known (``train.PEAK_FLOPS``).
 """
 from __future__ import annotations
@@ -65,6 +65,7 @@ def make_config(size: str, global_batch: int, query_length: int, doc_length: int
   c.optim.learning_rate = 1e-5
   c.optim.warmup_ratio = 0.0
   c.data_source = "synthetic"
+  c.data.pack = False  # the PyTorch re-statement pads; bench/packing.py measures packed vs padded
   c.data.max_query_length = query_length
   c.data.max_doc_length = doc_length
   c.data.num_negatives = num_negatives
@@ -73,17 +74,16 @@ def make_config(size: str, global_batch: int, query_length: int, doc_length: int
 
 class JaxTrainer:
   def __init__(self, config):
-    from instructor_jax import sharding, train
+    from instructor_jax import data, sharding, step, train
     self.sharding = sharding
     self.config = config
     self.s = train.setup(config)
     self.state = train.create_state(self.s.spec, self.s.tx, config, self.s.abstract, self.s.shardings)
-    self.stream = train.SyntheticStream(config.data, self.s.spec.model.config.vocab_size, config.global_batch_size,
-                                        config.seed)
+    self.stream = data.SyntheticStream(config.data, self.s.spec.model.config.vocab_size, config.global_batch_size,
+                                       config.seed)
     self.flops = self.s.flops  # what the hardware computes, recomputation included
-    self.model_flops = train.train_flops_per_step(self.s.spec.model.config, self.s.spec.model.out_features,
-                                                  train.batch_shapes(config), bool(config.grad_cache_chunk),
-                                                  recompute=False)
+    self.model_flops = step.padded_flops(self.s.spec.model.config, self.s.spec.model.out_features,
+                                         train.batch_shapes(config), bool(config.grad_cache_chunk), recompute=False)
 
   def batch(self, i):
     return self.stream.get(i)

@@ -27,7 +27,8 @@ def get_config():
   c.async_checkpoints = True
   c.mesh_shape = (-1, 1, 1)          # (data, fsdp, tensor); -1 takes all remaining devices
   c.logical_axis_rules = ()          # () = sharding.DEFAULT_RULES
-  c.grad_cache_chunk = 0             # 0 = off; else queries per chunk (a multiple of the data x fsdp shards)
+  c.grad_cache_chunk = 0             # 0 = off; else queries per chunk (a multiple of the data x fsdp shards;
+                                     # packed: at most chunk x (2 + num_negatives) rows per chunk)
   c.grad_cache_fsdp = "per_chunk"    # FSDP + caching: ZeRO-3 in the chunk loop, or "once" (gather/reduce once)
   c.peak_flops_per_device = 0.0      # 0 = known-chip table (no MFU on CPU)
   c.debug_nan_step = -1              # tests only: poison this step's loss / gradients
@@ -65,6 +66,10 @@ def get_config():
   c.data.max_query_length = 64
   c.data.max_doc_length = 64
   c.data.num_negatives = 1
+  c.data.pack = True                 # each step's sequences packed into rows of pack_length tokens (packing.py)
+  c.data.pack_length = 0             # 0 = max(max_query_length, max_doc_length)
+  c.data.pack_max_segments = 0       # sequences per row at most; 0 = pack_length // 8
+  c.data.pack_buckets_per_octave = 8 # rows per step rounded up to a ladder of this many sizes per doubling
   c.data.sampling = "proportional"
   c.data.temperature = 1.0
   c.data.small_tasks = "repeat"

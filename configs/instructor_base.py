@@ -96,6 +96,10 @@ def make_config(size: str, variant: str = ""):
   c.data.max_query_length = 512
   c.data.max_doc_length = 512
   c.data.num_negatives = 1
+  c.data.pack = True                 # each step's sequences packed into rows of pack_length tokens (packing.py)
+  c.data.pack_length = 0             # 0 = max(max_query_length, max_doc_length)
+  c.data.pack_max_segments = 0       # sequences per row at most; 0 = pack_length // 8
+  c.data.pack_buckets_per_octave = 8 # rows per step rounded up to a ladder of this many sizes per doubling
   c.data.sampling = "proportional"
   c.data.temperature = 1.0
   c.data.small_tasks = "drop"

@@ -47,8 +47,9 @@ def mean_pool(hidden, mask):
 
 
 def l2_normalize(x, eps: float = 1e-12):
-  """``x / max(||x||, eps)`` as ``torch.nn.functional.normalize``."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  """``x / max(||x||, eps)`` as ``torch.nn.functional.normalize``, written ``x / sqrt(max(||x||^2, eps^2))`` (the same
+  values) so that a zero vector, e.g. an empty packed slot, has a zero gradient instead of ``0 * inf = NaN``."""
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 class InstructorModel(nn.Module):
@@ -77,6 +78,7 @@ class InstructorModel(nn.Module):
       w = pool.astype(jnp.float32)
       pooled = jnp.einsum("bsl,bld->bsd", w, hidden.astype(jnp.float32))
       pooled = pooled / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 1e-9)
+      pooled = nn.with_logical_constraint(pooled, ("batch", None, "embed"))
     if self.out_features is not None:
       cfg = self.config
       pooled = nn.Dense(

@@ -7,14 +7,14 @@
 * a small MEDI file read directly (validated by ``instructor_jax.medi``): ``seqio.FunctionDataSource``.
 
 Every task has the same two preprocessors: ``raw_features`` (nothing to do for the sources above; kept so custom
-sources can plug in) and ``tokenize_medi``, which calls ``instructor_jax.data.Featurizer`` -- the *same* Python
+sources can plug in) and ``tokenize_medi``, which calls ``instructor_jax.features.Featurizer`` -- the *same* Python
 function the ``TrainStream`` uses (``instruction + text`` with ``</s>``, per-side truncation, instruction length
 ``n``) -- through ``tf.numpy_function``. Output features (all int32): ``query_tokens [Lq]``, ``query_instr_len []``,
 ``pos_tokens [Ld]``, ``pos_instr_len []``, ``neg_tokens [N, Ld]``, ``neg_instr_len [N]``, plus ``record_id`` (int64,
 the source index). Token features declare ``seqio.SentencePieceVocabulary`` on the checkpoint's ``spiece.model``; its
 ids equal the encoder tokenizer's ids (tests/test_data.py), so ``vocabulary.decode`` shows the text.
 
-Mixture rates follow ``config.data.sampling`` (``instructor_jax.data.task_rates``). A seqio Mixture interleaves
+Mixture rates follow ``config.data.sampling`` (``instructor_jax.sampling.task_rates``). A seqio Mixture interleaves
 *examples*; training batches, which must each come from one task, are made by ``instructor_jax.data.TrainStream``
 (its ``Sampler`` picks a task and rows; ``process_index/process_count`` play the role of ``seqio.ShardInfo``).
 ``MediFeatureConverter`` pads to fixed lengths.
@@ -33,7 +33,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from instructor_jax import data, medi
+from instructor_jax import medi
+from instructor_jax.features import PAD_ID, Featurizer
+from instructor_jax.sampling import task_rates
 from tasks import hide_gpus_from_tf
 
 hide_gpus_from_tf()  # before TF runs anything: the input pipeline stays on the CPU
@@ -105,8 +107,8 @@ def raw_features(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.map(lambda ex: {k: ex[k] for k in RAW_KEYS}, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def tokenize_medi(ds: tf.data.Dataset, featurizer: data.Featurizer) -> tf.data.Dataset:
-  """Raw MEDI example -> token features, through ``data.Featurizer`` (the TrainStream's implementation)."""
+def tokenize_medi(ds: tf.data.Dataset, featurizer: Featurizer) -> tf.data.Dataset:
+  """Raw MEDI example -> token features, through ``Featurizer`` (the TrainStream's implementation)."""
   N = featurizer.num_negatives
 
   def py(qi, qt, pi, pt, ni, nt, rid):
@@ -175,7 +177,7 @@ class MediFeatureConverter(seqio.FeatureConverter):
 def _pad_last(t, length):
   t = t[..., :length]
   pad = [[0, 0]] * (len(t.shape) - 1) + [[0, length - tf.shape(t)[-1]]]
-  out = tf.pad(t, pad, constant_values=data.PAD_ID)
+  out = tf.pad(t, pad, constant_values=PAD_ID)
   return tf.ensure_shape(out, t.shape[:-1].concatenate([length]))
 
 
@@ -194,7 +196,7 @@ def register_medi(medi_path: str = "", tfds_data_dir: str = "", tokenizer_dir: s
                   strict: bool = False, skip_invalid: bool = False, overwrite: bool = True) -> list[str]:
   """Registers one seqio Task per MEDI task and the Mixture ``prefix``; returns the Task names (sorted by MEDI
   task name, i.e. in ``TrainStream.task_names`` order)."""
-  featurizer = data.Featurizer(tokenizer_dir, max_query_length, max_doc_length, num_negatives)
+  featurizer = Featurizer(tokenizer_dir, max_query_length, max_doc_length, num_negatives)
   vocab = vocabulary(tokenizer_dir)
   features = output_features(vocab)
   preprocessors = [raw_features, functools.partial(tokenize_medi, featurizer=featurizer)]
@@ -221,7 +223,7 @@ def register_medi(medi_path: str = "", tfds_data_dir: str = "", tokenizer_dir: s
       seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(name, source=sources[t], preprocessors=list(preprocessors), output_features=features)
     registered.append(name)
-  rates = data.task_rates([sizes[t] for t in names], sampling, temperature)
+  rates = task_rates([sizes[t] for t in names], sampling, temperature)
   if overwrite:
     seqio.MixtureRegistry.remove(prefix)
   seqio.MixtureRegistry.add(prefix, [(n, float(r)) for n, r in zip(registered, rates)])

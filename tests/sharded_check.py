@@ -2,8 +2,10 @@
 
 For each mesh, trains the tiny config for 3 steps from the same init and records losses and final parameters;
 compares with the 1-device run. Also compares gradient-cached gradients with uncached ones on a sharded mesh.
-Modes (argv[1]): ``all``, ``meshes``, ``grad_cache``; for test_train.py: ``grad_cache_dropout`` (cached gradient
-vs a finite difference of the loss, dropout on) and ``hlo OUT_DIR`` (writes the compiled grad-cache step's HLO).
+Modes (argv[1]): ``all``, ``meshes`` (packed, the default), ``grad_cache`` (padded); ``packing`` (packed gradients
+on 1 and 8 devices, plain and cached, T5 and BERT, vs the padded step on 1 device); for test_train.py:
+``grad_cache_dropout`` (cached gradient vs a finite difference of the loss, dropout on) and ``hlo OUT_DIR`` (writes
+the compiled grad-cache step's HLO).
 """
 import os
 import sys
@@ -12,6 +14,7 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import json  # noqa: E402
+import math  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -19,7 +22,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import tiny_config  # noqa: E402
-from instructor_jax import sharding, train  # noqa: E402
+from instructor_jax import data, sharding, state, train  # noqa: E402
 
 STEPS = 3
 
@@ -27,7 +30,7 @@ STEPS = 3
 def run(config, mesh):
   s = train.setup(config, mesh)
   state = train.create_state(s.spec, s.tx, config, s.abstract, s.shardings)
-  stream = train.SyntheticStream(config.data, config.model.t5["vocab_size"], config.global_batch_size, config.seed)
+  stream = data.make_stream(config, "", s.spec.model.config.vocab_size, s.packer)
   losses = []
   for step in range(STEPS):
     state, m = s.p_step(state, sharding.global_batch(mesh, stream.get(step)))
@@ -43,7 +46,7 @@ def grad_setup(config, mesh):
   """``(grad_fn jitted with the trainer's shardings, initial params, the first synthetic batch)``."""
   s = train.setup(config, mesh)
   state = train.create_state(s.spec, s.tx, config, s.abstract, s.shardings)
-  stream = train.SyntheticStream(config.data, config.model.t5["vocab_size"], config.global_batch_size, config.seed)
+  stream = data.make_stream(config, "", s.spec.model.config.vocab_size, s.packer)
   batch = sharding.global_batch(mesh, stream.get(0))
   fn = jax.jit(s.grad_fn, in_shardings=(s.shardings["params"], s.batch_shardings, None),
                out_shardings=(s.shardings["params"], None))
@@ -62,7 +65,7 @@ def compiled_hlo(config, mesh):
   import jax.numpy as jnp
   s = train.setup(config, mesh)
   batch = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=s.batch_shardings[k])
-           for k, v in train.batch_shapes(config).items()}
+           for k, v in train.batch_shapes(config, s.packer).items()}
   compiled = s.p_step.lower(s.abstract, batch).compile()
   mem = compiled.memory_analysis()
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(s.abstract["params"]["model"]))
@@ -93,6 +96,7 @@ def main():
                        param_diff=max_diff(params, ref_params))
   if which in ("all", "grad_cache"):
     gc = tiny_config.get_config()
+    gc.data.pack = False  # the padded path's gradient cache (test_packing covers the packed one)
     gc.global_batch_size = 16
     gc.data.max_query_length = gc.data.max_doc_length
     gc.model.dropout_rate = 0.0
@@ -117,6 +121,7 @@ def main():
       out["grad_cache_3d" + suffix] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
     # queries and documents of different lengths (two encoder calls), learnable temperature, 4 chunks
     gc = tiny_config.get_config()
+    gc.data.pack = False
     gc.global_batch_size = 16
     gc.model.dropout_rate = 0.0
     gc.loss.learnable_temperature = True
@@ -124,6 +129,30 @@ def main():
     gc.grad_cache_chunk = 4  # 4 chunks of 4 queries = 1 row of each of the 4 batch shards (data 4 x tensor 2)
     g_gc, l_gc = grads(gc, sharding.make_mesh((4, 1, 2), devs))
     out["grad_cache_split"] = dict(rel_l2=rel_diff(g_gc, g_ref)[0], loss_diff=abs(l_gc - l_ref))
+  if which == "packing":
+    # Packed gradients (dropout off) on 1 and 8 devices, plain and cached, vs the padded step on 1 device; T5 and
+    # a random BERT (positions restart per segment); queries shorter than documents, learnable temperature.
+    out["packing"] = {}
+    for backbone in ("t5", "bert"):
+      pc = tiny_config.get_config()
+      pc.global_batch_size = 16
+      pc.model.dropout_rate = 0.0
+      pc.loss.learnable_temperature = True
+      if backbone == "bert":
+        pc.model.backbone, pc.model.tokenizer_dir = "bert", state.ASSETS_VOCAB  # not read: synthetic data
+        pc.model.bert = dict(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                             attention_probs_dropout_prob=0.0)
+      pc.data.pack = False
+      g_ref, l_ref = grads(pc, sharding.make_mesh((1, 1, 1), devs[:1]))
+      pc.data.pack = True
+      for shape in ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 1, 4)):
+        for chunk in (0, 8):  # 8 queries x (2 + 2) -> at most 32 rows per chunk (2 chunks of the larger steps)
+          pc.grad_cache_chunk = chunk
+          mesh = sharding.make_mesh(shape, devs[:math.prod(shape)])
+          g, l = grads(pc, mesh)
+          out["packing"][f"{backbone}_{'x'.join(map(str, shape))}_chunk{chunk}"] = dict(
+              rel_l2=rel_diff(g, g_ref)[0], loss_rel=abs(l - l_ref) / abs(l_ref))
   if which == "grad_cache_dropout":
     # With dropout, pass (c) must recompute exactly the activations pass (a) scored (same keys, same rows per
     # shard): only then is the cached gradient the derivative of the loss the step reports. Central difference of
@@ -147,6 +176,7 @@ def main():
           finite_difference=(loss[0] - loss[1]) / (2 * eps), grad_norm=norm)
   if which == "hlo":  # sharded_check.py hlo OUT_DIR: the grad-cache step on data 4 x fsdp 2, 2 and 4 chunks
     hc = tiny_config.get_config()
+    hc.data.pack = False  # fixed chunk counts (k = 2, 4) of a padded batch
     hc.global_batch_size = 32
     hc.data.max_query_length = hc.data.max_doc_length
     # Parameters large next to the activations (wide MLP, short rows), so where they live shows in the memory.

@@ -357,6 +357,11 @@ def test_training_a_tiny_bert(st_dir, tmp_path):
   assert "pooler" in state["params"]["model"]["encoder"] and s.spec.model.out_features == 32
   b, lq, ld, n = 8, 12, 16, 2
   per_seq = lambda length: 2 * length * (4 * 32 * 32 + 2 * 32 * 64) + 4 * length * length * 32 + 2 * 32 * 32
+  # packed (the default): the largest step variant, rows of 16 tokens, 32 sequences' Dense
+  rows = s.packer.ladder[-1]
+  assert s.flops == pytest.approx(3 * (rows * (per_seq(ld) - 2 * 32 * 32) + b * (2 + n) * 2 * 32 * 32))
+  config.data.pack = False
+  s = train.setup(config)
   assert s.flops == pytest.approx(3 * b * (per_seq(lq) + per_seq(ld) + n * per_seq(ld)))
   with pytest.raises(ValueError, match="tokenizer_dir"):
     train.build_model(_bert_train_config(backbone="bert", bert=dict(config.model.bert)))

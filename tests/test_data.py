@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from instructor_jax import data, medi
+from instructor_jax import data, features, medi, sampling
 from instructor_jax.tokenization import join_instruction
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,11 +25,11 @@ SIZES = {"banking77_train_same_intent": 60, "msrp_train_paraphrase": 40, "scifac
 
 @pytest.fixture(scope="module")
 def index():
-  return data.MediIndex.from_file(SMALL)
+  return features.MediIndex.from_file(SMALL)
 
 
 def _sampler(index, B=8, seed=0, **kw):
-  return data.Sampler(index.sizes, B, seed=seed, pos_keys=[t.pos_keys for t in index.tasks],
+  return sampling.Sampler(index.sizes, B, seed=seed, pos_keys=[t.pos_keys for t in index.tasks],
                       task_names=index.task_names, **kw)
 
 
@@ -88,12 +88,12 @@ def test_each_epoch_of_a_task_is_a_permutation(index):
 
 def test_rates(index):
   sizes = np.array(index.sizes, float)
-  np.testing.assert_allclose(data.task_rates(sizes, "proportional"), sizes / sizes.sum())
-  np.testing.assert_allclose(data.task_rates(sizes, "uniform"), np.full(6, 1 / 6))
-  t = data.task_rates(sizes, "temperature", 2.0)
+  np.testing.assert_allclose(sampling.task_rates(sizes, "proportional"), sizes / sizes.sum())
+  np.testing.assert_allclose(sampling.task_rates(sizes, "uniform"), np.full(6, 1 / 6))
+  t = sampling.task_rates(sizes, "temperature", 2.0)
   np.testing.assert_allclose(t, np.sqrt(sizes) / np.sqrt(sizes).sum())
   with pytest.raises(ValueError):
-    data.task_rates(sizes, "zipf")
+    sampling.task_rates(sizes, "zipf")
   s = _sampler(index, B=8)
   counts = np.bincount([s.task_of(t) for t in range(20000)], minlength=6) / 20000
   np.testing.assert_allclose(counts, sizes / sizes.sum(), atol=0.015)
@@ -121,8 +121,8 @@ def test_small_tasks_dropped_with_report_or_repeated(index):
 def test_dedup_positives():
   rng = np.random.default_rng(0)
   keys = rng.integers(0, 30, size=200)  # many duplicate positives
-  s = data.Sampler([200], 16, seed=1, dedup_positives=True, pos_keys=[keys])
-  plain = data.Sampler([200], 16, seed=1, pos_keys=[keys])
+  s = sampling.Sampler([200], 16, seed=1, dedup_positives=True, pos_keys=[keys])
+  plain = sampling.Sampler([200], 16, seed=1, pos_keys=[keys])
   assert any(len(set(keys[plain.batch(t)[1]].tolist())) < 16 for t in range(20))
   seen = collections.Counter()
   for t in range(100):
@@ -132,11 +132,11 @@ def test_dedup_positives():
   assert len(seen) == 200  # everything is used over the epochs
   # A skewed task (one positive in 90% of 100k records) lays out in linear time.
   skew = np.where(rng.random(100_000) < 0.9, 0, np.arange(100_000))
-  big = data.Sampler([100_000], 32, dedup_positives=True, pos_keys=[skew])
+  big = sampling.Sampler([100_000], 32, dedup_positives=True, pos_keys=[skew])
   layout = big._dedup_layout(0, 0)
   assert layout.shape[0] >= 300 and all(len(set(skew[r].tolist())) == 32 for r in layout[:50])
   # Fewer distinct positives than the batch: dropped (reported) or repeated.
-  few = data.Sampler([200, 50], 16, dedup_positives=True, pos_keys=[keys % 5, np.arange(50)])
+  few = sampling.Sampler([200, 50], 16, dedup_positives=True, pos_keys=[keys % 5, np.arange(50)])
   assert "0" in few.dropped and "distinct positives" in few.dropped["0"]
 
 
@@ -146,7 +146,7 @@ def test_host_slices(index):
   parts = [s.host_slice(rows, i, 4) for i in range(4)]
   assert np.array_equal(np.concatenate(parts), rows)
   with pytest.raises(ValueError, match="divisible"):
-    data.host_batch_size(8, 3)
+    sampling.host_batch_size(8, 3)
   with pytest.raises(ValueError):
     s.host_slice(rows, 4, 4)
   with pytest.raises(ValueError):
@@ -374,8 +374,8 @@ def test_seqio_feature_converter_pads_like_the_stream(seqio_tasks, stream):
   assert ex["query_tokens"].shape == (4, 24) and ex["neg_tokens"].shape == (4, 1, 40)
   rows = np.arange(4)
   td = stream.index.tasks[0]
-  assert np.array_equal(ex["query_tokens"], data.pad_rows([td.query.row(r) for r in rows], 24))
-  assert np.array_equal(ex["neg_tokens"][:, 0], data.pad_rows([td.neg[0].row(r) for r in rows], 40))
+  assert np.array_equal(ex["query_tokens"], features.pad_rows([td.query.row(r) for r in rows], 24))
+  assert np.array_equal(ex["neg_tokens"][:, 0], features.pad_rows([td.neg[0].row(r) for r in rows], 40))
 
 
 # -- TFDS: prepared shards give the same batches; interrupted preparation is never read ------------------------------
@@ -399,6 +399,13 @@ def test_tfds_prepare_and_read_give_identical_batches(tmp_path, stream):
   for step in range(10):
     a, b = s.get(step), f.get(step)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+  # packed rows from the TFDS source are those of the file source too
+  from instructor_jax import packing
+  packed = [data.TrainStream.from_config(dict(CFG, **src_kw), VOCAB, 8, 0, 0, 1, packing.Packer(40, 8 * 3))
+            for src_kw in (dict(tfds_data_dir=str(tmp_path / "tfds")), dict(medi_path=str(src), skip_invalid=True))]
+  for step in range(5):
+    a, b = packed[0].get(step), packed[1].get(step)
+    assert set(a) == set(packing.PACK_KEYS) and all(np.array_equal(a[k], b[k]) for k in a)
   with pytest.raises(ValueError, match="already holds"):
     medi_tfds.prepare(str(src), str(tmp_path / "tfds"))
   # seqio reads the same shards.
@@ -433,7 +440,7 @@ def test_tfds_interrupted_preparation_is_not_read(tmp_path, monkeypatch):
     medi_tfds.prepare(str(src), str(tmp_path / "tfds"))
   monkeypatch.setattr(medi_tfds.Medi, "_generate_examples", real)
   with pytest.raises(FileNotFoundError, match="no prepared MEDI dataset"):
-    data.MediIndex.from_tfds(str(tmp_path / "tfds"))
+    features.MediIndex.from_tfds(str(tmp_path / "tfds"))
   assert not medi_tfds.Medi(data_dir=str(tmp_path / "tfds")).is_prepared()
   medi_tfds.prepare(str(src), str(tmp_path / "tfds"))  # a re-run starts over and completes
-  assert data.MediIndex.from_tfds(str(tmp_path / "tfds")).sizes == [SIZES[t] for t in sorted(SIZES)]
+  assert features.MediIndex.from_tfds(str(tmp_path / "tfds")).sizes == [SIZES[t] for t in sorted(SIZES)]

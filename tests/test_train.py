@@ -91,8 +91,13 @@ def baseline(tmp_path_factory):
 def test_baseline_outputs(baseline):
   m = metrics(baseline)
   assert [r["step"] for r in m] == list(range(1, STEPS + 1))
-  for key in ("loss", "accuracy", "lr", "grad_norm", "examples_per_s", "tokens_per_s"):
+  for key in ("loss", "accuracy", "lr", "grad_norm", "examples_per_s", "tokens_per_s", "computed_tokens_per_s",
+              "real_tokens", "computed_tokens", "packing_efficiency", "step_time_s", "compiles", "compile_s"):
     assert all(np.isfinite(r[key]) for r in m), key
+  # packed (the default): real tokens are those of the padded batch, computed ones whole rows, a few variants
+  assert all(0 < r["real_tokens"] <= r["computed_tokens"] for r in m)
+  assert all(r["packing_efficiency"] == pytest.approx(r["real_tokens"] / r["computed_tokens"]) for r in m)
+  assert 1 <= m[-1]["compiles"] <= 6 and all(r["computed_tokens"] % 16 == 0 for r in m)
   steps = sorted(int(d) for d in os.listdir(baseline) if d.isdigit())
   assert steps == [16, 20]  # keep_checkpoints=2
   assert os.path.exists(os.path.join(baseline, "tokenizer", "spiece.model"))
@@ -154,11 +159,11 @@ def test_two_processes_match_one(baseline, tmp_path):
 
 
 def test_grad_cache_one_and_two_processes_match_uncached(tmp_path):
-  """Gradient caching (2 chunks) on 1 device and across 2 processes (mesh data=2: shard_map over processes) = the
-  plain step on 1 device (dropout off)."""
+  """Packed with gradient caching on 1 device and across 2 processes (mesh data=2: shard_map over processes, each
+  host building its own packed rows) = the plain padded step on 1 device (dropout off)."""
   steps = ("--config.num_train_steps=4", "--config.checkpoint_every_steps=4", "--config.model.t5.dropout_rate=0.0")
   ref = tmp_path / "plain"
-  run(ref, *steps)
+  run(ref, *steps, "--config.data.pack=false")  # padded; the cached runs are packed (the default)
   one = tmp_path / "cached_one"
   run(one, *steps, "--config.grad_cache_chunk=4")
   wd = tmp_path / "cached"
@@ -312,6 +317,9 @@ def test_compile_only_reports_memory(tmp_path):
   assert report["params_bytes_per_device"] > 0 and report["train_flops_per_step"] > 0
   assert "temp_size_in_bytes" in report
   assert not any(d.isdigit() for d in os.listdir(tmp_path))  # nothing trained
+  # packed (the default): the largest ladder size is compiled, every sequence alone in a row (8 x 4 of them)
+  assert report["compiled_rows"] == report["pack_rows"][-1] >= 32 and report["pack_length"] == 16
+  assert report["batch_shapes"]["tokens"] == [report["compiled_rows"], 16]
 
 
 def test_save_params_restore_params_and_init_checkpoint(tmp_path):

@@ -1,0 +1,109 @@
+"""Training metrics: rates over each logging interval, ``metrics.jsonl`` and tensorboard (process 0 only).
+
+Per logged step: what the step returned (``loss``, ``accuracy``, ``loss_q``, ``loss_p``, ``lr``, ``grad_norm``,
+``temperature`` when learnable), its ``real_tokens`` (non-padding tokens of its sequences), ``computed_tokens``
+(what the encoder computed: padded sequences, or packed rows of ``pack_length``) and ``packing_efficiency`` (their
+ratio), and over the interval since the previous log line: ``step_time_s``, ``examples_per_s``, ``tokens_per_s``
+(real tokens), ``computed_tokens_per_s``, ``mfu`` (model FLOPs on real tokens) and ``hfu`` (the hardware's FLOPs on
+computed tokens, recomputation included) where the device's peak is known, and the step variants compiled so far
+(``compiles``, ``compile_s``). FLOPs are ``step.flops``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from instructor_jax import step as step_lib
+
+# Step outputs that are summed over an interval, not logged as they are.
+SUMS = ("real_tokens", "real_tokens_sq", "computed_tokens", "computed_tokens_sq")
+
+
+class Interval:
+  """Accumulates the steps between two log lines and turns them into rates."""
+
+  def __init__(self, model_cfg, out_features, grad_cache: bool, global_batch_size: int, peak_flops: float,
+               num_devices: int, num_seqs: int):
+    self.cfg, self.out_features = model_cfg, out_features
+    self.hw_passes = step_lib.hardware_passes(model_cfg, grad_cache)
+    self.global_batch_size, self.peak, self.num_devices, self.num_seqs = global_batch_size, peak_flops, \
+        num_devices, num_seqs
+    self.reset()
+
+  def reset(self):
+    self.steps, self.real, self.computed, self.model_flops, self.hw_flops = 0, 0.0, 0.0, 0.0, 0.0
+
+  def add(self, m: dict):
+    self.steps += 1
+    self.real += float(m["real_tokens"])
+    self.computed += float(m["computed_tokens"])
+    self.model_flops += step_lib.flops(self.cfg, self.out_features, float(m["real_tokens"]),
+                                       float(m["real_tokens_sq"]), self.num_seqs, 3)
+    self.hw_flops += step_lib.flops(self.cfg, self.out_features, float(m["computed_tokens"]),
+                                    float(m["computed_tokens_sq"]), self.num_seqs, self.hw_passes)
+
+  def row(self, m: dict, seconds: float) -> dict:
+    """The log row of the interval's last step ``m``, with the interval's rates; resets the interval."""
+    dt = max(seconds, 1e-9)
+    out = {k: float(v) for k, v in m.items() if k not in SUMS}
+    out["real_tokens"] = float(m["real_tokens"])
+    out["computed_tokens"] = float(m["computed_tokens"])
+    out["packing_efficiency"] = float(m["real_tokens"]) / max(float(m["computed_tokens"]), 1.0)
+    steps = max(self.steps, 1)
+    out["step_time_s"] = dt / steps
+    out["examples_per_s"] = self.steps * self.global_batch_size / dt
+    out["tokens_per_s"] = self.real / dt
+    out["computed_tokens_per_s"] = self.computed / dt
+    if self.peak:
+      out["mfu"] = self.model_flops / dt / (self.num_devices * self.peak)
+      out["hfu"] = self.hw_flops / dt / (self.num_devices * self.peak)
+    self.reset()
+    return out
+
+
+class MetricWriter:
+  """``metrics.jsonl`` (one JSON object per logged step) and tensorboard, on process 0 only."""
+
+  def __init__(self, workdir: str, resume_step: int | None):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb = None
+    if not self.active:
+      return
+    if os.path.exists(self.path):  # drop lines of steps that will be re-run after a resume
+      keep = []
+      with open(self.path) as f:
+        for line in f:
+          try:
+            if resume_step is not None and json.loads(line)["step"] <= resume_step:
+              keep.append(line)
+          except (ValueError, KeyError):
+            pass
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(keep)
+      os.replace(self.path + ".tmp", self.path)
+    try:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except Exception as e:  # pragma: no cover - tensorboard is optional
+      logging.warning("tensorboard disabled: %s", e)
+
+  def write(self, step: int, metrics: dict):
+    if not self.active:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self.tb is not None:
+      for k, v in metrics.items():
+        if np.isfinite(float(v)):
+          self.tb.add_scalar(k, float(v), step)
+      self.tb.flush()
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()

@@ -1,0 +1,229 @@
+"""Sequence packing for the training step: one step's sequences share rows of ``pack_length`` tokens.
+
+A training step encodes ``B`` queries, ``B`` positives and ``B x N`` hard negatives, all from one task. Padded, each
+is a row of ``max_query_length`` / ``max_doc_length`` tokens, and on MEDI-shaped data most of those tokens are
+padding. Packed, the ``n = B * (2 + N)`` sequences of the *global* batch are laid out best-fit-decreasing into
+``R`` rows of ``pack_length`` tokens:
+
+- every sequence stays whole and contiguous inside one row (never split, never truncated further: the max-length
+  rules of the padded path already applied, and ``pack_length >= max(max_query_length, max_doc_length)`` is checked
+  at start, so every sequence fits a row);
+- each row holds at most ``max_segments`` sequences; a sequence attends only within its own segment (``segment_ids``;
+  exact for T5's relative positions, and BERT restarts its positions per segment) and is pooled over its own text
+  tokens (``pool_ids``: the segment number on the positions from its ``instr_len`` on, else 0), so a packed row
+  computes exactly what the sequences compute padded;
+- ``slot_seq [R, max_segments]`` names the sequence in each slot (``b * (2 + N) + t``; ``t`` = 0 query, 1 positive,
+  2.. negatives; ``n`` for an empty slot), which the step uses to put the embeddings back into ``q [B, D]``,
+  ``p [B, D]``, ``n [B, N, D]``.
+
+Bounded shapes: ``R`` is rounded up to a fixed ladder (``row_ladder``): multiples of ``row_multiple`` (the batch
+shards x processes, so rows split evenly over devices and hosts) with at most ``buckets_per_octave`` sizes per
+doubling, so rounding adds less than ``1 / buckets_per_octave`` of a step and a run compiles one step per ladder size
+it meets (the ladder is printed at start). With gradient caching a size also splits into ``k`` equal chunks of at
+most ``max_chunk_rows`` rows, each a multiple of the row multiple, which adds fewer than ``k x row_multiple`` rows.
+
+The layout is a pure function of the sequence lengths, so every host computes the same one (the data stream is a
+pure function of seed and step) and each host builds only its own rows ``[i * R / P, (i + 1) * R / P)``. Rows are
+filled in layout order (the longest sequences first), so padding-only rows come last.
+
+This module is host-side numpy and imports no JAX.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+PACK_KEYS = ("tokens", "segment_ids", "pool_ids", "slot_seq")
+
+
+class PackingError(ValueError):
+  """A step whose sequences cannot be placed (names the step and the task)."""
+
+
+def best_fit_decreasing(lengths: Sequence[int], row_length: int, max_segments: int) -> list[list[int]]:
+  """Rows of sequence indices: longest first, each into the open row with the least room that still fits it.
+
+  Ties (equal lengths, equal room) go to the lower index, so the result depends only on ``lengths``. O(n log n)
+  comparisons (open rows kept sorted by free space).
+  """
+  lengths = np.asarray(lengths, np.int64)
+  if lengths.size and (lengths.min() < 1 or lengths.max() > row_length):
+    bad = int(np.flatnonzero((lengths < 1) | (lengths > row_length))[0])
+    raise PackingError(f"sequence {bad} has length {int(lengths[bad])}, outside [1, {row_length}]")
+  order = np.argsort(-lengths, kind="stable")
+  rows: list[list[int]] = []
+  free: list[int] = []
+  width = len(lengths) + 1
+  open_keys: list[int] = []           # free * width + row, sorted: the first key >= n * width fits best
+  for i in order.tolist():
+    n = int(lengths[i])
+    at = bisect.bisect_left(open_keys, n * width)
+    if at < len(open_keys):
+      r = open_keys.pop(at) % width
+    else:
+      r = len(rows)
+      rows.append([])
+      free.append(row_length)
+    rows[r].append(i)
+    free[r] -= n
+    if len(rows[r]) < max_segments and free[r] > 0:
+      bisect.insort(open_keys, free[r] * width + r)
+  return rows
+
+
+def _round_units(m: int, per_octave: int) -> int:
+  """``m`` rounded up to the ladder: every integer up to ``per_octave``, then ``per_octave`` evenly spaced values per
+  doubling (steps of ``2 ** (e - 1)`` in ``(per_octave * 2 ** (e - 1), per_octave * 2 ** e]``)."""
+  e = 0
+  while per_octave << e < m:
+    e += 1
+  step = 1 << max(e - 1, 0)
+  return -(-m // step) * step
+
+
+def row_ladder(row_multiple: int, max_rows: int, buckets_per_octave: int, max_chunk_rows: int = 0) -> tuple:
+  """Every row count a step may have, ascending, up to the first size that holds ``max_rows`` rows.
+
+  Sizes are ``m * row_multiple`` with ``m`` on the ladder of ``_round_units`` (each size at most
+  ``1 / buckets_per_octave`` above the previous one). With ``max_chunk_rows`` a size is raised to split into
+  ``k = ceil(size / max_chunk_rows)`` equal chunks that are multiples of ``row_multiple`` (still ``<= max_chunk_rows``,
+  which is itself a multiple of ``row_multiple``).
+  """
+  if row_multiple < 1 or buckets_per_octave < 1 or max_rows < 1:
+    raise ValueError("row_multiple, buckets_per_octave and max_rows must be >= 1")
+  if max_chunk_rows and max_chunk_rows % row_multiple:
+    raise ValueError(f"max_chunk_rows {max_chunk_rows} is not a multiple of the row multiple {row_multiple}")
+  sizes, m = [], 1
+  while not sizes or sizes[-1] < max_rows:
+    size = _round_units(m, buckets_per_octave) * row_multiple
+    if max_chunk_rows:
+      k = -(-size // max_chunk_rows)
+      size = -(-size // (k * row_multiple)) * k * row_multiple
+    if not sizes or size > sizes[-1]:
+      sizes.append(size)
+    m = size // row_multiple + 1
+  return tuple(sizes)
+
+
+def chunks_of(rows: int, max_chunk_rows: int) -> int:
+  """Number of gradient-cache chunks of a ``rows`` step (equal chunks of at most ``max_chunk_rows`` rows)."""
+  return -(-rows // max_chunk_rows) if max_chunk_rows else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where every sequence of a step goes: ``rows[r]`` lists the sequence indices of row r in order; ``num_rows``
+  is the ladder size (rows past ``len(rows)`` are padding)."""
+  rows: tuple
+  num_rows: int
+  lengths: np.ndarray
+
+  @property
+  def real_tokens(self) -> int:
+    return int(self.lengths.sum())
+
+
+class Packer:
+  """Packs the ``num_seqs`` sequences of one step into a ladder size of ``pack_length``-token rows.
+
+  ``row_multiple``: rows divide evenly over this many (batch shards x processes); ``max_chunk_rows``: gradient-cache
+  chunk bound (0 = off); ``num_processes`` / ``process_index``: which rows this host builds.
+  """
+
+  def __init__(self, pack_length: int, num_seqs: int, row_multiple: int = 1, max_segments: int = 0,
+               buckets_per_octave: int = 8, max_chunk_rows: int = 0, process_index: int = 0,
+               num_processes: int = 1):
+    if pack_length < 2:
+      raise ValueError(f"pack_length must be >= 2, got {pack_length}")
+    if row_multiple % num_processes:
+      raise ValueError(f"row_multiple {row_multiple} is not a multiple of the {num_processes} processes")
+    self.pack_length = int(pack_length)
+    self.max_segments = int(max_segments) or max(1, self.pack_length // 8)
+    self.num_seqs = int(num_seqs)
+    self.row_multiple = int(row_multiple)
+    self.max_chunk_rows = int(max_chunk_rows)
+    self.process_index, self.num_processes = int(process_index), int(num_processes)
+    # Worst case: every sequence alone in its row.
+    self.ladder = row_ladder(self.row_multiple, self.num_seqs, int(buckets_per_octave), self.max_chunk_rows)
+
+  def describe(self) -> str:
+    return (f"packing: {self.num_seqs} sequences per step into rows of {self.pack_length} tokens (at most "
+            f"{self.max_segments} per row); rows per step from {len(self.ladder)} sizes {list(self.ladder)}")
+
+  def rows_for(self, needed: int) -> int:
+    at = bisect.bisect_left(self.ladder, needed)
+    if at == len(self.ladder):
+      raise PackingError(f"{needed} rows needed, more than the largest size {self.ladder[-1]}")
+    return self.ladder[at]
+
+  def layout(self, lengths: Sequence[int], where: str = "") -> Layout:
+    """The layout of one step's sequences (``lengths [num_seqs]``, each in ``[1, pack_length]``)."""
+    lengths = np.asarray(lengths, np.int64).reshape(-1)
+    if lengths.size != self.num_seqs:
+      raise PackingError(f"{where}expected {self.num_seqs} sequences, got {lengths.size}")
+    try:
+      rows = best_fit_decreasing(lengths, self.pack_length, self.max_segments)
+      num_rows = self.rows_for(len(rows))
+    except PackingError as e:
+      raise PackingError(f"{where}{e}") from None
+    placed = sum(len(r) for r in rows)
+    if placed != self.num_seqs:  # cannot happen; never train on a step that lost a sequence
+      raise PackingError(f"{where}placed {placed} of {self.num_seqs} sequences")
+    return Layout(tuple(tuple(r) for r in rows), num_rows, lengths)
+
+  def host_rows(self, num_rows: int) -> range:
+    per = num_rows // self.num_processes
+    return range(self.process_index * per, (self.process_index + 1) * per)
+
+  def build(self, layout: Layout, fetch: Callable[[Sequence[int]], Sequence[tuple[np.ndarray, int]]]) -> dict:
+    """This host's rows of ``layout``: ``tokens``, ``segment_ids``, ``pool_ids`` ``[R / P, pack_length]`` and
+    ``slot_seq [R / P, max_segments]`` (int32). ``fetch(seq_indices)`` returns ``(ids, instr_len)`` per sequence."""
+    mine = self.host_rows(layout.num_rows)
+    n_rows, length, smax = len(mine), self.pack_length, self.max_segments
+    tokens = np.zeros((n_rows, length), np.int32)
+    segment_ids = np.zeros((n_rows, length), np.int32)
+    pool_ids = np.zeros((n_rows, length), np.int32)
+    slot_seq = np.full((n_rows, smax), self.num_seqs, np.int32)
+    wanted = [r for r in mine if r < len(layout.rows)]
+    seqs = [s for r in wanted for s in layout.rows[r]]
+    got = dict(zip(seqs, fetch(seqs))) if seqs else {}
+    for r in wanted:
+      local, start = r - mine.start, 0
+      for s, seq in enumerate(layout.rows[r]):
+        ids, instr = got[seq]
+        n = len(ids)
+        if n != layout.lengths[seq]:
+          raise PackingError(f"sequence {seq}: {n} tokens, the layout expected {int(layout.lengths[seq])}")
+        tokens[local, start:start + n] = ids
+        segment_ids[local, start:start + n] = s + 1
+        pool_ids[local, start + min(int(instr), n):start + n] = s + 1
+        slot_seq[local, s] = seq
+        start += n
+    return dict(tokens=tokens, segment_ids=segment_ids, pool_ids=pool_ids, slot_seq=slot_seq)
+
+
+def padded_lengths(batch: dict, pad_id: int = 0) -> tuple[np.ndarray, Callable]:
+  """For a padded global batch (the stream contract): ``lengths [B * (2 + N)]`` and a ``fetch`` for ``Packer.build``.
+
+  Sequence ``b * (2 + N) + t``: ``t = 0`` the query, 1 the positive, 2.. the negatives. Lengths count the non-pad
+  tokens (padding is trailing).
+  """
+  q, p, n = batch["query_tokens"], batch["pos_tokens"], batch["neg_tokens"]
+  num_neg = n.shape[1]
+  seqs = [(q, batch["query_instr_len"]), (p, batch["pos_instr_len"])]
+  seqs += [(n[:, j], batch["neg_instr_len"][:, j]) for j in range(num_neg)]
+  lengths = np.stack([np.sum(t != pad_id, axis=-1) for t, _ in seqs], axis=1).reshape(-1)
+  width = 2 + num_neg
+
+  def fetch(indices):
+    out = []
+    for i in indices:
+      tok, il = seqs[i % width]
+      row = i // width
+      out.append((tok[row, :lengths[i]], int(il[row])))
+    return out
+
+  return lengths, fetch
