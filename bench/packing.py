@@ -116,7 +116,7 @@ def step_bench(args) -> dict:
   feat = features.Featurizer(cfg.model.tokenizer_dir or os.path.join(REPO, "instructor_jax", "assets", "t5-vocab"),
                              args.length, args.length, 1)
   index = features.MediIndex.from_file(args.medi, skip_invalid=True, featurizer=feat)
-  sampler = sampling.Sampler(index.sizes, args.global_batch, seed=0, small_tasks="repeat", dedup_positives=True,
+  sampler = sampling.Sampler(index.sizes, args.global_batch, seed=0, small_tasks="drop", dedup_positives=True,
                              pos_keys=[t.pos_keys for t in index.tasks], task_names=index.task_names)
   log(f"index: {sum(index.sizes)} records, {len(index.task_names)} tasks, {time.time() - t0:.0f} s")
   packed = Trainer(cfg, index, sampler)

@@ -32,6 +32,7 @@ def get_config():
   c.grad_cache_fsdp = "per_chunk"    # FSDP + caching: ZeRO-3 in the chunk loop, or "once" (gather/reduce once)
   c.peak_flops_per_device = 0.0      # 0 = known-chip table (no MFU on CPU)
   c.debug_nan_step = -1              # tests only: poison this step's loss / gradients
+  c.resume_allow_changes = ""       # resuming refuses run-altering config changes unless named here (KEY,KEY)
 
   c.model = ml_collections.ConfigDict()
   c.model.init_from = ""             # an HF / sentence-transformers folder (or hub id), e.g. GTR
@@ -72,10 +73,11 @@ def get_config():
   c.data.pack_buckets_per_octave = 8 # rows per step rounded up to a ladder of this many sizes per doubling
   c.data.sampling = "proportional"
   c.data.temperature = 1.0
-  c.data.small_tasks = "repeat"
+  c.data.small_tasks = "drop"         # tasks smaller than the global batch are dropped (counted)
   c.data.dedup_positives = True
   c.data.strict = False
   c.data.skip_invalid = True
+  c.data.max_invalid_fraction = 0.01  # with skip_invalid: more invalid records than this fails the load
 
   # After the last step (process 0): evaluate the checkpoint offline, then export a verified sentence-transformers
   # folder whose model card carries the scores (train.finish).

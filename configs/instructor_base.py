@@ -63,6 +63,7 @@ def make_config(size: str, variant: str = ""):
   c.grad_cache_fsdp = "per_chunk"       # FSDP: parameters stay sharded in the chunk loop ("once": +2 copies)
   c.peak_flops_per_device = 0.0         # 0 = known-chip table
   c.debug_nan_step = -1
+  c.resume_allow_changes = ""       # resuming refuses run-altering config changes unless named here (KEY,KEY)
 
   c.model = ml_collections.ConfigDict()
   c.model.init_from = f"sentence-transformers/gtr-t5-{size}"
@@ -106,6 +107,7 @@ def make_config(size: str, variant: str = ""):
   c.data.dedup_positives = True
   c.data.strict = False
   c.data.skip_invalid = True
+  c.data.max_invalid_fraction = 0.01  # with skip_invalid: more invalid records than this fails the load
   return c
 
 

@@ -32,12 +32,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import threading
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from instructor_jax.errors import UserError
 
 ITEMS = ("params", "train", "data", "meta")
 TOKENIZER_SUBDIR = "tokenizer"
@@ -47,6 +47,95 @@ TOKENIZER_FILES = ("spiece.model", "vocab.txt", "tokenizer.json", "tokenizer_con
 
 def _abs(path: str) -> str:
   return os.path.abspath(os.fspath(path))
+
+
+class CheckpointError(UserError, RuntimeError):
+  """A checkpoint step that cannot be used: unreadable, incomplete, or failing its checksums."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Content checksums
+# ----------------------------------------------------------------------------------------------------------------
+# Each saved array gets two 32-bit sums of its bits (as unsigned words): the plain sum and the sum weighted by
+# (2 * flat index + 1), both mod 2^32. Any single corrupted word changes the plain sum; the weighted sum catches
+# swapped or offsetting words. They are computed on the devices where the arrays live (a sharded array is reduced
+# where its shards are, no gather) and recomputed after every restore, on device (training) or in numpy (convert,
+# eval). Unreadable or truncated files fail earlier, in orbax / tensorstore.
+_MASK = 0xFFFFFFFF
+
+
+def _words_jax(x):
+  import jax.numpy as jnp
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  size = jnp.dtype(x.dtype).itemsize
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  if size == 4:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  if size == 2:
+    return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+  if size == 1:
+    return jax.lax.bitcast_convert_type(x, jnp.uint8).astype(jnp.uint32)
+  raise TypeError(f"no checksum for dtype {x.dtype}")
+
+
+def _checksum_jax(x):
+  import jax.numpy as jnp
+  w = _words_jax(x)
+  idx = jnp.zeros(w.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(w.ndim)):  # flat (row-major) index without flattening the (sharded) array
+    idx = idx + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride & _MASK)
+    stride *= w.shape[axis]
+  return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * (idx * jnp.uint32(2) + jnp.uint32(1)),
+                                                         dtype=jnp.uint32)])
+
+
+def _checksum_np(x) -> list[int]:
+  x = np.asarray(x)
+  if x.dtype == np.bool_:
+    w = x.astype(np.uint64)
+  else:
+    w = x.view({4: np.uint32, 2: np.uint16, 1: np.uint8}[x.dtype.itemsize]).astype(np.uint64)
+  idx = np.arange(w.size, dtype=np.uint64).reshape(w.shape)
+  return [int(np.sum(w, dtype=np.uint64)) & _MASK, int(np.sum(w * (2 * idx + 1), dtype=np.uint64)) & _MASK]
+
+
+def _paths(tree) -> list[str]:
+  return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+_device_checksums = None
+
+
+def checksums(items: dict) -> dict:
+  """``{item + keystr(path): [sum, weighted sum]}`` of every array in ``items`` (e.g. ``{'params': ..., 'train':
+  ...}``), computed where the arrays live (one jitted reduction; a small sync)."""
+  global _device_checksums
+  if _device_checksums is None:
+    _device_checksums = jax.jit(lambda t: jax.tree.map(_checksum_jax, t))
+  sums = jax.device_get(_device_checksums(items))
+  return {k: [int(a) for a in v] for k, v in zip(_paths(items), jax.tree.leaves(sums, is_leaf=lambda x:
+                                                                                  isinstance(x, np.ndarray)))}
+
+
+def host_checksums(items: dict) -> dict:
+  """``checksums`` of host (numpy) trees, computed in numpy: the same values."""
+  return {k: _checksum_np(v) for k, v in zip(_paths(items), jax.tree.leaves(items))}
+
+
+def verify(where: str, stored: dict | None, got: dict) -> None:
+  """Raises ``CheckpointError`` naming the arrays whose checksums differ from the stored ones (``stored`` None: a
+  checkpoint written before checksums existed, accepted as it is)."""
+  if stored is None:
+    return
+  bad = [k for k, v in got.items() if stored.get(k) != v]
+  if bad:
+    raise CheckpointError(f"{where}: checksum mismatch in {bad[0]}" +
+                          (f" and {len(bad) - 1} more array(s)" if len(bad) > 1 else "") +
+                          " (the files changed after they were written)")
 
 
 def manager(workdir: str, max_to_keep: int | None = 3, async_save: bool = True, read_only: bool = False
@@ -63,47 +152,145 @@ def copy_tokenizer(src_dir: str, workdir: str) -> str:
   """Copies the tokenizer files of ``src_dir`` into ``WORKDIR/tokenizer`` (process 0 only); returns the folder."""
   dst = os.path.join(_abs(workdir), TOKENIZER_SUBDIR)
   if jax.process_index() == 0 and _abs(src_dir) != dst:
-    os.makedirs(dst, exist_ok=True)
+    if not os.path.isdir(dst):
+      os.makedirs(dst)
     found = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(src_dir, f))]
     if not found:
       raise FileNotFoundError(f"{src_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     for f in found:
-      tmp = os.path.join(dst, f + ".tmp")
-      shutil.copyfile(os.path.join(src_dir, f), tmp)
-      os.replace(tmp, os.path.join(dst, f))
+      src, out = os.path.join(src_dir, f), os.path.join(dst, f)
+      if os.path.exists(out) and _same_bytes(src, out):
+        continue  # nothing to write (a read-only finished workdir stays untouched)
+      tmp = out + ".tmp"
+      shutil.copyfile(src, tmp)
+      os.replace(tmp, out)
   return dst
+
+
+def _same_bytes(a: str, b: str) -> bool:
+  if os.path.getsize(a) != os.path.getsize(b):
+    return False
+  with open(a, "rb") as fa, open(b, "rb") as fb:
+    return fa.read() == fb.read()
 
 
 def tokenizer_files(folder: str) -> list[str]:
   return [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(folder, f))]
 
 
+def _reason(e: BaseException) -> str:
+  """One line for an exception from orbax / tensorstore (their messages run to dozens of lines)."""
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def _all_agree(ok: bool) -> bool:
+  """True only if ``ok`` on every process (a restore is collective, so all hosts must take the same step)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.asarray([ok], np.int32))))
+
+
 class Checkpointer:
-  """Saves / restores the full training state of one workdir."""
+  """Saves / restores the full training state of one workdir, with content checksums.
+
+  ``save`` stores ``checksums`` of the params and train-state arrays in the step's meta. ``restore_latest``
+  tries the steps newest first: a step that cannot be read (a truncated or missing file, a deleted item) or whose
+  restored arrays fail their checksums is reported with its path and moved aside to ``WORKDIR/<step>.corrupt``
+  (kept, never deleted, and no longer a step for orbax or the keep-K rule), and the newest intact step is used.
+  """
 
   def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
     self.workdir = _abs(workdir)
+    self.max_to_keep, self.async_save = max_to_keep, async_save
     self.mgr = manager(self.workdir, max_to_keep=max_to_keep, async_save=async_save)
 
   def latest_step(self) -> int | None:
     return self.mgr.latest_step()
 
   def save(self, step: int, params, train, data_state: dict, meta: dict, force: bool = True) -> bool:
+    meta = dict(meta, checksums=checksums({"params": params, "train": train}))
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train),
         data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta))
     return self.mgr.save(step, args=args, force=force)
 
   def restore(self, step: int, abstract_params, abstract_train):
-    """Restores ``(params, train, data_state, meta)`` of ``step`` onto the shardings of the abstract trees."""
-    items = self.mgr.item_metadata(step)
-    if items.get("train") is None:
-      raise ValueError(f"{self.workdir}/{step} is a params-only checkpoint; pass it as "
-                       f"--config.model.init_checkpoint instead of resuming into it")
-    out = self.mgr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params), train=ocp.args.StandardRestore(abstract_train),
-        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    """Restores and verifies ``(params, train, data_state, meta)`` of ``step`` onto the shardings of the abstract
+    trees; raises ``CheckpointError`` with one line when the step cannot be used."""
+    where = f"{self.workdir}/{step}"
+    try:
+      items = self.mgr.item_metadata(step)
+      if items.get("train") is None and items.get("params") is not None and items.get("meta") is not None:
+        raise ValueError(f"{where} is a params-only checkpoint; pass it as --config.model.init_checkpoint instead "
+                         f"of resuming into it")
+      out = self.mgr.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params), train=ocp.args.StandardRestore(abstract_train),
+          data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    except ValueError as e:
+      if "params-only" in str(e):
+        raise
+      raise CheckpointError(f"{where}: cannot be read ({_reason(e)})") from None
+    except Exception as e:  # tensorstore / orbax / JSON errors of a damaged step
+      raise CheckpointError(f"{where}: cannot be read ({_reason(e)})") from None
+    if out.meta is None or out.data is None:
+      raise CheckpointError(f"{where}: incomplete (no {'meta' if out.meta is None else 'data'} item)")
+    verify(where, out.meta.get("checksums"), checksums({"params": out.params, "train": out.train}))
     return out.params, out.train, out.data, out.meta
+
+  def newest_meta(self) -> dict | None:
+    """The meta item of the newest step that has a readable one (what a resume compares its config with)."""
+    for step in sorted(self.mgr.all_steps(), reverse=True):
+      try:
+        meta = self.mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      except Exception:  # a damaged step: restore_latest reports it
+        continue
+      if meta is not None:
+        return dict(meta)
+    return None
+
+  def restore_latest(self, abstract_params, abstract_train, log=print):
+    """``(step, (params, train, data_state, meta))`` of the newest intact step, or ``(None, None)`` when there is no
+    step; damaged steps are reported and moved aside. Raises ``CheckpointError`` when steps exist but none is
+    intact."""
+    steps = sorted(self.mgr.all_steps(), reverse=True)
+    damaged = []
+    for step in steps:
+      try:
+        got, err = self.restore(step, abstract_params, abstract_train), None
+      except CheckpointError as e:
+        got, err = None, str(e)
+      if not _all_agree(err is None):
+        err = err or f"{self.workdir}/{step}: cannot be read on another process"
+        damaged.append(step)
+        log(f"{err}; skipping it")
+        continue
+      if damaged:
+        self._move_aside(damaged, log)
+        log(f"resuming from step {step}, the newest intact checkpoint")
+      return step, got
+    if steps:
+      raise CheckpointError(f"{self.workdir}: none of the checkpoints {steps} is intact (see above); move them "
+                            f"away to start over")
+    return None, None
+
+  def _move_aside(self, steps, log):
+    """Renames damaged step folders to ``<step>.corrupt`` (process 0), then reloads the manager's step list."""
+    self.mgr.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in steps:
+        src = os.path.join(self.workdir, str(step))
+        dst = src + ".corrupt"
+        n = 1
+        while os.path.exists(dst):
+          dst, n = f"{src}.corrupt{n}", n + 1
+        os.rename(src, dst)
+        log(f"moved {src} to {dst} (kept for inspection; it is no longer a checkpoint)")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("instructor_jax: damaged steps moved aside")
+    self.mgr.reload()
 
   def wait(self):
     self.mgr.wait_until_finished()
@@ -111,6 +298,17 @@ class Checkpointer:
   def close(self):
     self.mgr.wait_until_finished()
     self.mgr.close()
+
+
+def latest_step(workdir: str) -> int | None:
+  """The newest complete step of ``workdir`` (read only; None when there is none or no such folder)."""
+  if not os.path.isdir(workdir):
+    return None
+  mgr = manager(workdir, max_to_keep=None, async_save=False, read_only=True)
+  try:
+    return mgr.latest_step()
+  finally:
+    mgr.close()
 
 
 def _split_path(path: str) -> tuple[str, int | None]:
@@ -121,38 +319,72 @@ def _split_path(path: str) -> tuple[str, int | None]:
   return path, None
 
 
-def restore_params(path: str) -> tuple[dict, dict]:
-  """``(params, meta)`` from a workdir (latest complete step) or ``WORKDIR/STEP``; params as numpy arrays.
-
-  ``params`` is the ``InstructorModel`` tree (``{'encoder': ..., 'dense': ...}``); a learnable temperature, if
-  any, is in ``meta['log_temperature']``.
-  """
-  workdir, step = _split_path(path)
-  mgr = manager(workdir, max_to_keep=None, async_save=False, read_only=True)
+def _restore_params_step(mgr, workdir: str, step: int):
+  where = f"{workdir}/{step}"
   try:
-    if step is None:
-      step = mgr.latest_step()
-      if step is None:
-        raise FileNotFoundError(f"{workdir}: no complete checkpoint found")
     meta_item = mgr.item_metadata(step)
     tree_meta = meta_item["params"]
     if tree_meta is None:
-      raise FileNotFoundError(f"{workdir}/{step}: no params in this checkpoint")
+      raise CheckpointError(f"{where}: no params in this checkpoint")
     one = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])  # host copy, any topology
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=one), tree_meta,
                           is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
     out = mgr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  except CheckpointError:
+    raise
+  except Exception as e:
+    raise CheckpointError(f"{where}: cannot be read ({_reason(e)})") from None
+  if out.meta is None:
+    raise CheckpointError(f"{where}: incomplete (no meta item)")
+  params = jax.tree.map(np.asarray, dict(out.params))
+  verify(where, out.meta.get("checksums"), host_checksums({"params": params}))
+  return params, dict(out.meta)
+
+
+def restore_params(path: str, log=None) -> tuple[dict, dict]:
+  """``(params, meta)`` from a workdir (its newest intact step) or ``WORKDIR/STEP`` (that step, or an error);
+  params as numpy arrays, verified against the stored checksums.
+
+  ``params`` is the ``InstructorModel`` tree (``{'encoder': ..., 'dense': ...}``); a learnable temperature, if
+  any, is in ``meta['log_temperature']``. Skipped damaged steps are reported through ``log`` (default: stderr) and
+  listed in ``meta['skipped_steps']``. Reads only: works on a read-only workdir.
+  """
+  import sys
+  log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+  workdir, step = _split_path(path)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"{workdir}: no such checkpoint folder")
+  mgr = manager(workdir, max_to_keep=None, async_save=False, read_only=True)
+  skipped = []
+  try:
+    if step is not None:
+      params, meta = _restore_params_step(mgr, workdir, step)
+    else:
+      steps = sorted(mgr.all_steps(), reverse=True)
+      if not steps:
+        raise FileNotFoundError(f"{workdir}: no complete checkpoint found")
+      for step in steps:
+        try:
+          params, meta = _restore_params_step(mgr, workdir, step)
+          break
+        except CheckpointError as e:
+          log(f"{e}; skipping it")
+          skipped.append(step)
+      else:
+        raise CheckpointError(f"{workdir}: none of the checkpoints {steps} is intact (see above)")
+      if skipped:
+        log(f"using {workdir}/{step}, the newest intact checkpoint")
   finally:
     mgr.close()
-  params = jax.tree.map(np.asarray, dict(out.params))
-  meta = dict(out.meta)
   meta["step"] = int(step)
+  meta["skipped_steps"] = skipped
   if any(meta.get(k) for k in ("model_config", "t5_config", "hf_config")):  # old checkpoints: only t5_config
     meta.update(backbone_meta(model_config(meta)))
   tok = meta.get("tokenizer_dir", TOKENIZER_SUBDIR)
   meta["tokenizer_dir"] = tok if os.path.isabs(tok) else os.path.join(workdir, tok)
   meta["tokenizer_files"] = tokenizer_files(meta["tokenizer_dir"])
+  meta.pop("checksums", None)
   model = params.pop("model", None)
   if model is None:  # a tree saved without the trainer's wrapper
     return params, meta
@@ -200,6 +432,7 @@ def save_params(workdir: str, params: dict, meta: dict, step: int = 0) -> str:
   m.setdefault("pad_id", 0)
   m = json.loads(json.dumps(m, default=_json_default))
   tree = {"model": jax.tree.map(np.asarray, params)}
+  m["checksums"] = host_checksums({"params": tree})
   mgr = manager(workdir, max_to_keep=None, async_save=False)
   try:
     mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(m)),
@@ -218,33 +451,3 @@ def _json_default(o):
   if isinstance(o, np.ndarray):
     return o.tolist()
   return str(o)
-
-
-class PreemptionGuard:
-  """Turns SIGTERM (TPU maintenance, SLURM preemption, ``kill``) into a flag the training loop polls.
-
-  The loop then saves a checkpoint of the current step and exits 0. With several processes the flag is
-  all-reduced each step (``any``), so every host stops after the same step and the save is collective.
-  """
-
-  def __init__(self, signals=(signal.SIGTERM,)):
-    self._flag = threading.Event()
-    self._previous = {}
-    if threading.current_thread() is threading.main_thread():
-      for s in signals:
-        self._previous[s] = signal.signal(s, self._handle)
-
-  def _handle(self, signum, frame):
-    self._flag.set()
-
-  def should_stop(self) -> bool:
-    local = self._flag.is_set()
-    if jax.process_count() == 1:
-      return local
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.asarray([local], np.int32))
-    return bool(np.any(flags))
-
-  def restore_handlers(self):
-    for s, h in self._previous.items():
-      signal.signal(s, h)

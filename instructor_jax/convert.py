@@ -39,14 +39,17 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from instructor_jax import hf
+from instructor_jax import errors, hf
 from instructor_jax.bert import BertConfig
+from instructor_jax.errors import UserError
 from instructor_jax.t5 import T5Config
 
 TOKENIZER_FILES = ("spiece.model", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -94,7 +97,7 @@ class VerificationError(RuntimeError):
   """The exported folder does not reproduce the source embeddings."""
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError, ValueError):
   """Bad arguments or an unusable source (message names the path)."""
 
 
@@ -506,6 +509,43 @@ def _fix_permissions(root: str) -> None:
       os.chmod(os.path.join(d, n), 0o666 & ~umask)
 
 
+_OWNER = ".owner.json"   # in an export's temp folders: who is writing it
+_LEGACY_STALE_S = 3600  # a temp folder without an owner file (older versions) is stale after an hour
+
+
+def _claim(folder: str) -> None:
+  from instructor_jax.workdir import _start_time
+  with open(os.path.join(folder, _OWNER), "w") as f:
+    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "start_time": _start_time(os.getpid())}, f)
+
+
+def remove_stale_temp(out: str, log=print) -> list[str]:
+  """Removes the temp / backup folders ``.<name>.tmp-*`` / ``.<name>.old-*`` that exports of ``out`` killed before
+  they finished left beside it (their writer is no longer running); returns them. A folder whose writer is alive,
+  or that belongs to another host, is left alone."""
+  from instructor_jax.workdir import _alive
+  parent, base = os.path.dirname(out), os.path.basename(out)
+  removed = []
+  for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+    if not (name.startswith(f".{base}.tmp-") or name.startswith(f".{base}.old-")):
+      continue
+    path = os.path.join(parent, name)
+    try:
+      with open(os.path.join(path, _OWNER)) as f:
+        owner = json.load(f)
+      stale = owner.get("host") == socket.gethostname() and not _alive(int(owner["pid"]), owner.get("start_time"))
+    except (OSError, ValueError, KeyError):
+      stale = time.time() - os.path.getmtime(path) > _LEGACY_STALE_S
+    if stale:
+      if name.startswith(f".{base}.old-") and os.path.isdir(os.path.join(path, "old")) and not os.path.exists(out):
+        os.rename(os.path.join(path, "old"), out)  # an export killed between its two renames: the old one returns
+        log(f"restored {out} from the backup of an interrupted export")
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+      log(f"removed {path}, left by an interrupted export")
+  return removed
+
+
 def export_folder(params: Mapping[str, Any], config: T5Config | BertConfig | Mapping[str, Any], out: str, *,
                   tokenizer_dir: str, normalize: bool = True, legacy: bool = False, dtype: str = "float32",
                   max_seq_length: int = 512, card: str | Mapping[str, Any] | None = None, overwrite: bool = False,
@@ -541,7 +581,9 @@ def export_folder(params: Mapping[str, Any], config: T5Config | BertConfig | Map
                       max_seq_length=max_seq_length, dtype=dtype, dense=dense is not None, normalize=normalize, **kw)
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
+  remove_stale_temp(out, log)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+  _claim(tmp)
   backup = None
   try:
     with _sigterm_as_exception():
@@ -554,7 +596,9 @@ def export_folder(params: Mapping[str, Any], config: T5Config | BertConfig | Map
                       log=log)
       if os.path.exists(out):
         backup = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
+        _claim(backup)
         os.rename(out, os.path.join(backup, "old"))
+      os.remove(os.path.join(tmp, _OWNER))
       os.rename(tmp, out)
       tmp = None
   except BaseException:
@@ -701,38 +745,40 @@ def main(argv: Sequence[str] | None = None) -> int:
   f.add_argument("--model", required=True, help="HF / sentence-transformers / INSTRUCTOR folder or hub id")
   f.add_argument("--out", required=True, help="orbax workdir to write")
   f.add_argument("--step", type=int, default=0)
+  p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
   args = p.parse_args(argv)
   try:
-    if args.cmd == "from-hf":
-      import_hf(args.model, args.out, step=args.step)
-      return 0
-    training = _read_json_arg(args.training_config)
-    if args.checkpoint:
-      params, hf_config, normalize, tokenizer_dir, max_seq_length, ckpt_training = load_checkpoint(args.checkpoint)
-      training = training or ckpt_training
-      source = args.checkpoint
-    else:
-      params, hf_config, normalize, tokenizer_dir, max_seq_length = load_hf(args.model)
-      source = args.model
-    max_seq_length = args.max_seq_length or max_seq_length or 512
-    card = {"name": args.name or os.path.basename(os.path.abspath(args.out)), "training_config": training,
-            "eval_results": _eval_results(args.eval_results), "source": source}
-    out = export_folder(params, hf_config, args.out, tokenizer_dir=tokenizer_dir, normalize=normalize,
-                        legacy=args.legacy_instructor, dtype=args.dtype, max_seq_length=max_seq_length, card=card,
-                        overwrite=args.overwrite, verify=not args.no_verify)
-    if args.push_to_hub:
-      from huggingface_hub import HfApi
-      api = HfApi()
-      api.create_repo(args.push_to_hub, exist_ok=True)
-      api.upload_folder(folder_path=out, repo_id=args.push_to_hub)
-      print(f"pushed {out} to {args.push_to_hub}")
-    return 0
+    return errors.run(lambda _: _run(args), ["--debug"] if args.debug else [])
   except VerificationError as e:
     print(f"error: verification failed: {e}", file=sys.stderr)
     return 2
-  except (ConvertError, hf.CheckpointError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+
+
+def _run(args) -> int:
+  if args.cmd == "from-hf":
+    import_hf(args.model, args.out, step=args.step)
+    return 0
+  training = _read_json_arg(args.training_config)
+  if args.checkpoint:
+    params, hf_config, normalize, tokenizer_dir, max_seq_length, ckpt_training = load_checkpoint(args.checkpoint)
+    training = training or ckpt_training
+    source = args.checkpoint
+  else:
+    params, hf_config, normalize, tokenizer_dir, max_seq_length = load_hf(args.model)
+    source = args.model
+  max_seq_length = args.max_seq_length or max_seq_length or 512
+  card = {"name": args.name or os.path.basename(os.path.abspath(args.out)), "training_config": training,
+          "eval_results": _eval_results(args.eval_results), "source": source}
+  out = export_folder(params, hf_config, args.out, tokenizer_dir=tokenizer_dir, normalize=normalize,
+                      legacy=args.legacy_instructor, dtype=args.dtype, max_seq_length=max_seq_length, card=card,
+                      overwrite=args.overwrite, verify=not args.no_verify)
+  if args.push_to_hub:
+    from huggingface_hub import HfApi
+    api = HfApi()
+    api.create_repo(args.push_to_hub, exist_ok=True)
+    api.upload_folder(folder_path=out, repo_id=args.push_to_hub)
+    print(f"pushed {out} to {args.push_to_hub}")
+  return 0
 
 
 if __name__ == "__main__":

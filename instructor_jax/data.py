@@ -37,14 +37,15 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from instructor_jax import medi, packing
+from instructor_jax.errors import DataError
 from instructor_jax.features import Featurizer, MediIndex, pad_rows
-from instructor_jax.sampling import SAMPLING, SMALL_TASKS, Sampler, check_step, host_batch_size
+from instructor_jax.sampling import SAMPLING, Sampler, check_step, host_batch_size
 
 log = logging.getLogger(__name__)
 
 DEFAULTS = dict(medi_path="", tfds_data_dir="", max_query_length=512, max_doc_length=512, num_negatives=1,
                 sampling="proportional", temperature=2.0, small_tasks="drop", dedup_positives=False, strict=False,
-                skip_invalid=False)
+                skip_invalid=False, max_invalid_fraction=0.01)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ class TrainStream:
       index = MediIndex.from_tfds(g("tfds_data_dir"), strict=bool(g("strict")), featurizer=featurizer)
     elif g("medi_path"):
       index = MediIndex.from_file(g("medi_path"), strict=bool(g("strict")), skip_invalid=bool(g("skip_invalid")),
-                                  featurizer=featurizer)
+                                  featurizer=featurizer, max_invalid_fraction=float(g("max_invalid_fraction")))
     else:
       raise ValueError("config.data needs medi_path (a MEDI .json/.jsonl file) or tfds_data_dir (prepared shards)")
     sampler = Sampler(index.sizes, global_batch_size, seed=seed, sampling=g("sampling"),
@@ -108,10 +109,10 @@ class TrainStream:
                  process_index, process_count, packer)
     log.info("MEDI stream: %s; %d of %d tasks active", index.report.summary(), len(sampler.active),
              len(index.task_names))
-    for name, why in sampler.dropped.items():
-      log.warning("MEDI task %s dropped: %s (config.data.small_tasks='repeat' keeps it)", name, why)
-    for note in sampler.notes:
-      log.warning("MEDI %s", note)
+    if sampler.dropped:
+      log.warning("MEDI: dropped %d task(s) that cannot fill a global batch of %d without repeating a record: %s",
+                  len(sampler.dropped), global_batch_size,
+                  "; ".join(f"{name} ({why})" for name, why in sampler.dropped.items()))
     return stream
 
   @property
@@ -196,17 +197,21 @@ class TrainStream:
     """``{"step": next step, ...}``: the step after the last one served by ``get`` / ``next``. A trainer that
     prefetches ``get(step + 1)`` should store its own step (the stream is a pure function of it)."""
     return {"step": self._step, "seed": self.sampler.seed, "global_batch_size": self.sampler.B,
-            "fingerprint": self.sampler.fingerprint(), "num_tasks": len(self.index.task_names)}
+            "fingerprint": self.sampler.fingerprint(), "content": self.index.fingerprint(),
+            "num_tasks": len(self.index.task_names)}
 
   def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
-    """Restores the position; with ``strict`` the seed, batch size and data fingerprint must match."""
+    """Restores the position; with ``strict`` the seed, batch size, sampling fingerprint (task names and sizes,
+    sampling settings) and content fingerprint (record ids, positives, lengths) must match."""
     mine = self.state_dict()
     if strict:
-      for key in ("seed", "global_batch_size", "fingerprint"):
+      what = {"seed": "seed", "global_batch_size": "global batch", "fingerprint": "tasks, sizes or sampling",
+              "content": "records"}
+      for key, name in what.items():
         if key in state and state[key] != mine[key]:
-          raise ValueError(f"data iterator state mismatch on {key!r}: checkpoint has {state[key]!r}, this stream "
-                           f"has {mine[key]!r} (different data, seed or sampling config; pass strict=False to "
-                           "resume at the saved step anyway)")
+          raise DataError(f"the training data changed since this checkpoint ({name}: {state[key]!r} then, "
+                          f"{mine[key]!r} now); resume with the run's data and settings, or accept the change with "
+                          f"--config.resume_allow_changes=data")
     self._step = check_step(state["step"])
 
 
@@ -254,7 +259,9 @@ class SyntheticStream:
   def state_dict(self) -> dict:
     return {"step": self._step, "seed": self.seed}
 
-  def load_state_dict(self, d: dict):
+  def load_state_dict(self, d: dict, strict: bool = True):
+    if strict and d.get("seed", self.seed) != self.seed:
+      raise DataError(f"the synthetic data's seed changed since this checkpoint ({d['seed']} then, {self.seed} now)")
     self._step = int(d.get("step", 0))
 
 
@@ -275,15 +282,13 @@ def make_stream(config, tokenizer_dir: str, vocab_size: int, packer: Optional[pa
 def _preview(args) -> int:
   index = MediIndex.from_file(args.medi, strict=args.strict, skip_invalid=args.skip_invalid)
   sampler = Sampler(index.sizes, args.global_batch, seed=args.seed, sampling=args.sampling,
-                    temperature=args.temperature, small_tasks=args.small_tasks,
+                    temperature=args.temperature, small_tasks="drop",
                     dedup_positives=args.dedup_positives, pos_keys=[t.pos_keys for t in index.tasks],
                     task_names=index.task_names)
   if index.report.skipped:
     print(index.report.summary(), file=sys.stderr)
   for name, why in sampler.dropped.items():
     print(f"dropped task {name}: {why}", file=sys.stderr)
-  for note in sampler.notes:
-    print(note, file=sys.stderr)
   host_batch_size(args.global_batch, args.process_count)
   for step in range(args.start_step, args.start_step + args.steps):
     k, rows = sampler.batch(step)
@@ -320,7 +325,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   pv.add_argument("--seed", type=int, default=0)
   pv.add_argument("--sampling", choices=SAMPLING, default=DEFAULTS["sampling"])
   pv.add_argument("--temperature", type=float, default=DEFAULTS["temperature"])
-  pv.add_argument("--small-tasks", choices=SMALL_TASKS, default=DEFAULTS["small_tasks"])
   pv.add_argument("--dedup-positives", action="store_true")
   pv.add_argument("--strict", action="store_true", help="instructions must start with 'Represent '")
   pv.add_argument("--skip-invalid", action="store_true", help="skip (and count) invalid records instead of failing")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructor_jax import hf
+from instructor_jax.errors import UserError
 from instructor_jax.bert import BertConfig, BertEncoder
 from instructor_jax.t5 import T5Config, T5Encoder
 from instructor_jax.tokenization import DEFAULT_MAX_LENGTH, Input, Tokenizer
@@ -138,10 +139,24 @@ class Instructor:
     return self.model.out_features or self.model.config.d_model
 
   def bucket(self, length: int) -> int:
+    """The padded length of an input of ``length`` tokens: the next of ``BUCKETS``, beyond them the next multiple
+    of the largest bucket; never more than ``max_length``."""
     for b in BUCKETS:
       if length <= b:
         return min(b, self.max_length)
-    return self.max_length
+    return min(-(-length // BUCKETS[-1]) * BUCKETS[-1], self.max_length)
+
+  def check_memory(self, rows: int, length: int) -> None:
+    """Fails before allocating when one call's attention scores (fp32 ``[rows, heads, L, L]``, twice: scores and
+    weights) would not fit in the device's memory."""
+    need = 2 * rows * self.model.config.num_heads * length * length * 4
+    have = available_bytes()
+    if have and need > have:
+      raise MemoryBudgetError(
+          f"inputs of {length} tokens (max_length {self.max_length}): one call of {rows} rows needs {need / 2**30:.1f} "
+          f"GiB of attention scores (2 x {rows} x {self.model.config.num_heads} heads x {length}^2 x 4 bytes), more "
+          f"than the {have / 2**30:.1f} GiB available on {jax.devices()[0].device_kind}; use a smaller max_length "
+          f"or batch_size")
 
   def encode(self, inputs: Iterable[Input], batch_size: int = 32, show_progress_bar: bool | None = None,
              pack: bool = True) -> np.ndarray:
@@ -169,6 +184,8 @@ class Instructor:
     calls = [("packed", packed[i:i + per_call], per_call) for i in range(0, len(packed), per_call)]
     rest = [i for i in order if len(encoded[i].ids) > pad]
     calls += [("bucket", rest[i:i + batch_size], batch_size) for i in range(0, len(rest), batch_size)]
+    if rest:  # the longest inputs come first: their call is the largest
+      self.check_memory(min(batch_size, len(rest)), self.bucket(len(encoded[rest[0]].ids)))
     if show_progress_bar is None:
       show_progress_bar = len(calls) > 10
     from tqdm.auto import tqdm
@@ -195,6 +212,26 @@ class Instructor:
 
 
 _IN_FLIGHT = 4  # encode calls dispatched ahead of the one being fetched
+
+
+class MemoryBudgetError(UserError, MemoryError):
+  """An encode call that cannot fit in memory (raised before anything is allocated)."""
+
+
+def available_bytes() -> int:
+  """Free memory of the default device: the accelerator's limit minus what is in use, or the host's available RAM
+  on CPU (``/proc/meminfo``); 0 when unknown."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return 0
 
 
 def bucket_arrays(encoded, idx: Sequence[int], rows: int, length: int, pad_id: int):

@@ -15,10 +15,13 @@ import tempfile
 
 import numpy as np
 
+from instructor_jax import errors
+from instructor_jax.errors import UserError
+
 ALLOWED_KEYS = {"instruction", "text"}
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
   pass
 
 
@@ -54,6 +57,8 @@ def read_jsonl(path: str, default_instruction: str | None = None) -> list:
           raise InputError(f"{where}: \"{k}\" must be a string, got {type(v).__name__}")
       instruction = obj.get("instruction", default_instruction)
       items.append(obj["text"] if instruction is None else [instruction, obj["text"]])
+  if not items:
+    raise InputError(f"{path}: no inputs (the file is empty or blank); nothing written")
   return items
 
 
@@ -65,6 +70,9 @@ def save_atomic(path: str, array: np.ndarray) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       np.save(f, array)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a new file's usual mode
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -86,13 +94,13 @@ def main(argv=None) -> int:
                  help="tokens per input (BERT: capped at max_position_embeddings)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
   p.add_argument("--similarities", action="store_true", help="also print the cosine similarity matrix")
+  p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
   args = p.parse_args(argv)
+  return errors.run(lambda _: _encode(args), ["--debug"] if args.debug else [])
 
-  try:
-    items = read_jsonl(args.input, args.instruction)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+
+def _encode(args) -> int:
+  items = read_jsonl(args.input, args.instruction)
   import jax.numpy as jnp
   from instructor_jax.embedder import Instructor
   model = Instructor.from_pretrained(args.model, dtype=getattr(jnp, args.dtype), max_length=args.max_length)
@@ -103,7 +111,7 @@ def main(argv=None) -> int:
     sims = emb @ emb.T
     labels = [(it if isinstance(it, str) else it[1])[:40] for it in items]
     width = max(len(s) for s in labels) if labels else 0
-    print(f"cosine similarities (row i, column j):")
+    print("cosine similarities (row i, column j):")
     print(" " * (width + 5) + "".join(f"{j:>7d}" for j in range(len(items))))
     for i, (label, row) in enumerate(zip(labels, sims)):
       print(f"{i:>3d}  {label:<{width}}" + "".join(f"{v:7.3f}" for v in row))

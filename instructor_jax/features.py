@@ -10,6 +10,7 @@ sorted; index = ``task`` id), with token ids as ragged ``uint16`` arrays per tas
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import os
 from typing import Iterable, Mapping, Optional, Sequence
@@ -17,10 +18,24 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from instructor_jax import medi
+from instructor_jax.errors import DataError
 from instructor_jax.tokenization import Encoded, Tokenizer, join_instruction
 
 PAD_ID = 0
 _TOKENIZE_CHUNK = 2048             # records per tokenizer call while loading
+# With skip_invalid, more invalid records than this fraction fail the load. The released MEDI and every set built
+# here validate completely, so a few bad records are a handful of broken lines while a larger share means a wrong
+# file (another format, a mangled export): 1% tolerates the first and stops the second.
+MAX_INVALID_FRACTION = 0.01
+
+
+def check_invalid(report: medi.Report, max_fraction: float) -> None:
+  """Fails when the skipped share of the records read exceeds ``max_fraction`` (``config.data.max_invalid_fraction``)."""
+  if report.read and report.skipped / report.read > max_fraction:
+    per = ", ".join(f"{k}={v}" for k, v in sorted(report.counts.items()))
+    raise DataError(f"{report.path}: {report.skipped} of {report.read} records are invalid ({per}), more than "
+                    f"config.data.max_invalid_fraction={max_fraction:g}; first: "
+                    f"{next(iter(report.examples.values()))[0]}")
 
 
 class Featurizer:
@@ -157,6 +172,18 @@ class MediIndex:
   def sizes(self) -> list[int]:
     return [len(t.ids) for t in self.tasks]
 
+  def fingerprint(self) -> str:
+    """A digest of what was loaded: task names, record ids, positive-text keys and every sequence's length."""
+    h = hashlib.sha256()
+    for name, td in zip(self.task_names, self.tasks):
+      h.update(name.encode())
+      arrays = [td.ids, td.pos_keys]
+      if self.tokenized:
+        arrays += [td.query.lengths, td.pos.lengths] + [n.lengths for n in td.neg]
+      for a in arrays:
+        h.update(np.ascontiguousarray(a, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
   @classmethod
   def build(cls, records: Iterable[medi.Record], report: medi.Report, source: str,
             featurizer: Optional[Featurizer] = None) -> "MediIndex":
@@ -199,15 +226,21 @@ class MediIndex:
     for td in tasks.values():
       td.finish()
     if not tasks:
-      raise ValueError(f"{source}: no valid MEDI records ({report.summary()})")
+      raise DataError(f"{source}: no valid MEDI records ({report.summary()})")
     return cls(dict(tasks), report, source, tokenized=featurizer is not None)
 
   @classmethod
   def from_file(cls, path: str, strict: bool = False, skip_invalid: bool = False,
-                featurizer: Optional[Featurizer] = None) -> "MediIndex":
+                featurizer: Optional[Featurizer] = None, max_invalid_fraction: float = MAX_INVALID_FRACTION
+                ) -> "MediIndex":
+    """All valid records of a MEDI file. With ``skip_invalid`` bad records are counted per class, and more than
+    ``max_invalid_fraction`` of them fails: that many means a broken or wrong file, not a few bad lines. A truncated
+    file always fails (``medi.read_medi``)."""
     report = medi.Report(path)
-    return cls.build(medi.read_medi(path, strict=strict, skip_invalid=skip_invalid, report=report), report, path,
-                     featurizer)
+    index = cls.build(medi.read_medi(path, strict=strict, skip_invalid=skip_invalid, report=report), report, path,
+                      featurizer)
+    check_invalid(report, max_invalid_fraction)
+    return index
 
   @classmethod
   def from_tfds(cls, data_dir: str, strict: bool = False, featurizer: Optional[Featurizer] = None) -> "MediIndex":

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from instructor_jax.bert import BertConfig
+from instructor_jax.errors import UserError
 from instructor_jax.t5 import T5Config
 
 Config = T5Config | BertConfig
@@ -34,7 +35,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint folder that cannot be read as a T5 / BERT / INSTRUCTOR model."""
 
 

@@ -23,10 +23,12 @@ the source, which is also its *record id* everywhere in the pipeline), and an er
 ``empty_text``     the text of a side is empty or whitespace
 ``bad_task_id``    the task is not a non-empty string (or an integer, as in the released MEDI)
 ``bad_instruction`` (``strict`` only) an instruction does not start with ``"Represent "``
+``truncated``      the file ends inside a record or before the array's ``]`` (always an error)
 =================  ==================================================================
 
 By default the first problem raises ``MediError``. With ``skip_invalid=True`` bad records are skipped and counted
-per class in a ``Report`` (``report.write(path)`` puts it next to prepared data); nothing is dropped silently.
+per class in a ``Report`` (``report.write(path)`` puts it next to prepared data); nothing is dropped silently. A
+truncated file is never read as far as it goes: that error is raised whatever ``skip_invalid`` says.
 
 The builder lives at the bottom of this file: ``python -m instructor_jax.medi build --super-ni DIR --embedder MODEL
 --annotations FILE --out medi.jsonl``.
@@ -47,10 +49,13 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from instructor_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ERROR_CLASSES = ("invalid_json", "invalid_utf8", "not_an_object", "missing_key", "extra_key", "bad_side",
-                 "empty_text", "bad_task_id", "bad_instruction")
+                 "empty_text", "bad_task_id", "bad_instruction", "truncated")
+FATAL_CLASSES = ("truncated",)  # problems of the file, not of a record: never skipped
 SIDES = ("query", "pos", "neg")
 TASK_KEYS = ("task_name", "task_id")
 INSTRUCTION_PREFIX = "Represent "
@@ -62,7 +67,7 @@ _RESYNC = re.compile(r",\s*(\{)")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class MediError(ValueError):
+class MediError(UserError, ValueError):
   """A bad MEDI record: ``path:line: record i: [class] message``."""
 
   def __init__(self, path: str, line: int, index: int, cls: str, message: str):
@@ -288,8 +293,9 @@ def _raw_array(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediErr
       compact()
       skip_ws()
       if pos >= len(buf):
-        yield index, line, "", None, MediError(path, line, index, "invalid_json",
-                                                "unexpected end of file inside the array (missing ']'?)")
+        yield index, line, "", None, MediError(path, line, index, "truncated",
+                                                "the file ends inside the array (no closing ']'): the file is "
+                                                "truncated")
         return
       start, start_line = pos, line
       while True:
@@ -302,6 +308,11 @@ def _raw_array(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediErr
           if cut and more():
             continue
           err = e
+          if cut and e.pos >= len(buf) - _TAIL:  # the data ends inside this record
+            yield index, start_line, "", None, MediError(
+                path, start_line, index, "truncated",
+                f"the file ends inside this record ({e.msg}): the file is truncated")
+            return
           break
       if err is None:
         raw = buf[start:end]
@@ -332,8 +343,9 @@ def _raw_array(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediErr
       index += 1
       skip_ws()
       if pos >= len(buf):
-        yield index, line, "", None, MediError(path, line, index, "invalid_json",
-                                                "unexpected end of file inside the array (missing ']'?)")
+        yield index, line, "", None, MediError(path, line, index, "truncated",
+                                                "the file ends inside the array (no closing ']'): the file is "
+                                                "truncated")
         return
       ch = buf[pos]
       if ch == "]":
@@ -385,6 +397,11 @@ def _raw_jsonl(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediErr
         obj = json.loads(text)
         yield index, lineno, "", obj, None
       except json.JSONDecodeError as e:
+        if not bline.endswith(b"\n"):  # the last line, cut short
+          yield index, lineno, "", None, MediError(path, lineno, index, "truncated",
+                                                    f"the last line is incomplete JSON ({e.msg}): the file is "
+                                                    f"truncated")
+          return
         yield index, lineno, "", None, MediError(path, lineno, index, "invalid_json", f"{e.msg} (column {e.colno})")
       index += 1
 
@@ -420,7 +437,7 @@ def read_medi(path: str, strict: bool = False, skip_invalid: bool = False, repor
         report.valid += 1
         yield Record(index, line, task, query, pos, neg)
         continue
-    if not skip_invalid:
+    if not skip_invalid or err.cls in FATAL_CLASSES:
       raise err
     report.add(err)
     if report.counts[err.cls] <= Report.MAX_EXAMPLES:

@@ -36,10 +36,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from instructor_jax.errors import UserError
+
 PACK_KEYS = ("tokens", "segment_ids", "pool_ids", "slot_seq")
 
 
-class PackingError(ValueError):
+class PackingError(UserError, ValueError):
   """A step whose sequences cannot be placed (names the step and the task)."""
 
 

@@ -3,7 +3,7 @@
 The step's task is drawn with the configured rates (proportional / temperature / uniform) from per-block seeded
 generators -- the same on every host; the task's rows come from a seeded permutation per (task, epoch) of that task,
 ``B`` rows per batch (optionally with no duplicate positive inside a batch). Tasks smaller than a global batch are
-dropped (reported) or sampled with repetition. No tokenizer, JAX or TensorFlow needed.
+dropped and counted (a batch never holds a record twice: a positive would be its own negative). No tokenizer, JAX or TensorFlow needed.
 """
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from instructor_jax.errors import DataError
+
 SAMPLING = ("proportional", "temperature", "uniform")
-SMALL_TASKS = ("drop", "repeat")
+SMALL_TASKS = ("drop",)   # a task smaller than the batch cannot fill one without repeating a record
 _BLOCK = 1024                      # steps per block of task draws
 
 
@@ -52,7 +54,8 @@ class Sampler:
     if global_batch_size < 1:
       raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
     if small_tasks not in SMALL_TASKS:
-      raise ValueError(f"small_tasks must be one of {SMALL_TASKS}, got {small_tasks!r}")
+      raise DataError(f"small_tasks must be 'drop', got {small_tasks!r}: a task smaller than the global batch "
+                      f"cannot fill a batch without repeating a record (a positive would be its own negative)")
     if dedup_positives and pos_keys is None:
       raise ValueError("dedup_positives needs pos_keys")
     self.sizes = [int(s) for s in sizes]
@@ -63,29 +66,24 @@ class Sampler:
     self.pos_keys = pos_keys
     self.dedup = [False] * len(self.sizes)
     self.dropped: dict[str, str] = {}
-    self.notes: list[str] = []
     active = []
     for k, n in enumerate(self.sizes):
       dedup = bool(dedup_positives)
       if dedup:
         distinct = len(np.unique(pos_keys[k]))
         if distinct < self.B or not self._dedup_layout(k, 0).shape[0]:
-          dedup = False
-          if small_tasks == "drop":
-            self.dropped[self.names[k]] = (f"{n} records, {distinct} distinct positives: no batch of "
-                                           f"{self.B} without duplicate positives")
-            continue
-          self.notes.append(f"task {self.names[k]}: {n} records, {distinct} distinct positives: no batch of "
-                            f"{self.B} without duplicate positives; kept without that guarantee")
-      elif n < self.B:
-        if small_tasks == "drop":
-          self.dropped[self.names[k]] = f"{n} records < global batch {self.B}"
+          self.dropped[self.names[k]] = (f"{n} records, {distinct} distinct positives: no batch of "
+                                         f"{self.B} without duplicate positives")
           continue
-        self.notes.append(f"task {self.names[k]}: {n} records < global batch {self.B}; sampled with repetition")
+      elif n < self.B:
+        self.dropped[self.names[k]] = f"{n} records < global batch {self.B}"
+        continue
       self.dedup[k] = dedup
       active.append(k)
     if not active:
-      raise ValueError(f"no task can fill a global batch of {self.B}: {self.dropped}")
+      why = "; ".join(f"{name}: {reason}" for name, reason in self.dropped.items())
+      raise DataError(f"no task can fill a global batch of {self.B} without repeating a record ({why}); use a "
+                      f"smaller global_batch_size or more data")
     self.active = np.asarray(active, np.int64)
     self.rates = task_rates([self.sizes[k] for k in active], sampling, temperature)
     self._blocks: list[np.ndarray] = []    # task draws (indices into `active`) per block
@@ -97,7 +95,7 @@ class Sampler:
             "temperature": self.temperature, "small_tasks": self.small_tasks,
             "active_tasks": {self.names[k]: {"records": self.sizes[k], "rate": float(r)}
                              for k, r in zip(self.active, self.rates)},
-            "dropped_tasks": dict(self.dropped), "notes": list(self.notes)}
+            "dropped_tasks": dict(self.dropped)}
 
   def fingerprint(self) -> str:
     blob = json.dumps([self.names, self.sizes, self.B, self.seed, self.sampling, self.temperature,
@@ -176,12 +174,8 @@ class Sampler:
           return self._dedup_layout(k, e)[j - before]
         before += counts[e]
         e += 1
-    if n >= B:  # drop each epoch's remainder (a different one every epoch)
-      e, r = divmod(j, n // B)
-      return self._perm(k, e)[r * B:(r + 1) * B]
-    positions = np.arange(j * B, (j + 1) * B)  # small task, repeat: consecutive epochs back to back
-    epochs, within = np.divmod(positions, n)
-    return np.asarray([self._perm(k, int(e))[w] for e, w in zip(epochs, within)], np.int64)
+    e, r = divmod(j, n // B)  # drop each epoch's remainder (a different one every epoch); n >= B
+    return self._perm(k, e)[r * B:(r + 1) * B]
 
   def batch(self, step: int) -> tuple[int, np.ndarray]:
     """``(task id, rows [B])`` of global step ``step``."""

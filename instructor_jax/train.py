@@ -47,8 +47,10 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from instructor_jax import checkpoints, data, metrics, packing, sharding
+from instructor_jax import checkpoints, data, metrics, packing, run_config, sharding
+from instructor_jax import workdir as workdir_lib
 from instructor_jax import step as step_lib
+from instructor_jax.errors import UserError, debug_enabled, report
 from instructor_jax.state import (ModelSpec, build_model, bytes_per_device, create_state, make_optimizer,
                                   state_shardings)
 
@@ -237,11 +239,24 @@ def compile_report(s: Setup, config, workdir: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------------
+class Diverged(UserError):
+  """A non-finite loss or gradient norm (the checkpoints before it are kept)."""
+
+
+def schedule_note(config, old_total: int, new_total: int, step: int) -> str:
+  """What growing ``num_train_steps`` does to the learning rate at the resume step."""
+  old = ml_collections.ConfigDict(config.to_dict())
+  old.num_train_steps = old_total
+  lr_old, lr_new = float(make_optimizer(old)[1](step)), float(make_optimizer(config)[1](step))
+  return (f" (the schedule is recomputed for {new_total} steps: the learning rate at step {step} is {lr_new:.3g}, "
+          f"was {lr_old:.3g})")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, compile_only: bool = False) -> dict | None:
   """Trains (or AOT-compiles) ``config`` in ``workdir``; returns the last logged metrics."""
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
-  guard = None if compile_only else checkpoints.PreemptionGuard()  # early: SIGTERM during setup also saves
+  guard = None if compile_only else workdir_lib.PreemptionGuard()  # early: a signal during setup also saves
   s = setup(config, load_weights=not compile_only)
   mesh, spec, abstract, shardings = s.mesh, s.spec, s.abstract, s.shardings
   if is_main:
@@ -254,22 +269,37 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_only: bool = 
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoints.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)),
                                   async_save=bool(config.get("async_checkpoints", True)))
-  meta = dict(spec.meta(), config=json.loads(config.to_json_best_effort()))
+  log = (lambda m: print(m, flush=True)) if is_main else (lambda m: None)
+  # Compare configs before reading any array (a changed model shape would otherwise look like a damaged step).
+  _, refused = run_config.resume_changes((ckpt.newest_meta() or {}).get("config"), config)
+  if refused:
+    raise run_config.ConfigError(run_config.refusal(workdir, refused))
   checkpoints.copy_tokenizer(spec.tokenizer_dir, workdir)  # WORKDIR/tokenizer: a self-contained workdir
-  start = ckpt.latest_step()
   stream = data.make_stream(config, spec.tokenizer_dir, spec.model.config.vocab_size, s.packer,
                             jax.process_index(), jax.process_count())
-  if start is not None:
-    params, train_state, data_state, _ = ckpt.restore(
-        start, abstract["params"], dict(opt_state=abstract["opt_state"], rng=abstract["rng"], step=abstract["step"]))
+  start, restored = ckpt.restore_latest(
+      abstract["params"], dict(opt_state=abstract["opt_state"], rng=abstract["rng"], step=abstract["step"]), log)
+  history = []
+  if restored is not None:
+    params, train_state, data_state, stored_meta = restored
     state = dict(params=params, **train_state)
+    accepted, refused = run_config.resume_changes(stored_meta.get("config"), config)
+    if refused:  # the intact step is older than the one compared above
+      raise run_config.ConfigError(run_config.refusal(workdir, refused))
+    history = list(stored_meta.get("config_history", []))
+    if accepted:
+      history.append(run_config.history_entry(start, accepted))
+      for key, (old, new) in accepted.items():
+        log(f"resume: accepting {key} {old} -> {new}" + (schedule_note(config, old, new, start)
+                                                         if key == "num_train_steps" else ""))
     if data_state.get("stream") is not None:
-      stream.load_state_dict(data_state["stream"])
-    if is_main:
-      print(f"resumed from {workdir}/{start}", flush=True)
+      stream.load_state_dict(data_state["stream"],
+                             strict=run_config.DATA_KEY not in run_config.allowed_changes(config))
+    log(f"resumed from {workdir}/{start}")
   else:
     state = create_state(spec, s.tx, config, abstract, shardings)
     start = 0
+  meta = dict(spec.meta(), config=json.loads(config.to_json_best_effort()), config_history=history)
   model_cfg, out_features = spec.model.config, spec.model.out_features
   del spec  # host copy of pretrained weights no longer needed
 
@@ -310,9 +340,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_only: bool = 
       if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
         ckpt.wait()
         good = ckpt.latest_step()
-        raise FloatingPointError(
-            f"non-finite loss ({m['loss']}) or grad norm ({m['grad_norm']}) at step {s_ + 1}; stopping. The last "
-            f"good checkpoint is {workdir}/{good} (rerun to resume from it, e.g. with a lower learning rate).")
+        where = (f"the last good checkpoint is {workdir}/{good}; rerun to resume from it (e.g. with a lower "
+                 f"learning rate)" if good is not None else "no checkpoint was saved before it")
+        raise Diverged(f"non-finite loss ({m['loss']}) or grad norm ({m['grad_norm']}) at step {s_ + 1}; "
+                       f"stopping: {where}")
       interval.add(m)
       if s_ + 1 == step and (force_log or step % every_log == 0):
         now = time.time()
@@ -342,8 +373,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_only: bool = 
         save(done)
       if stop:
         ckpt.wait()
-        if is_main:
-          print(f"SIGTERM: saved step {done} to {workdir}; exiting", flush=True)
+        log(f"{guard.signal_name or 'SIGTERM'}: saved step {done} to {workdir}; exiting. To resume: "
+            f"{workdir_lib.resume_command()}")
         break
   finally:
     pool.shutdown(wait=False, cancel_futures=True)
@@ -371,6 +402,7 @@ flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (TPU 
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit multi-process setup)")
 flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")
 flags.DEFINE_integer("process_id", None, "this process (with --coordinator_address)")
+flags.DEFINE_bool("debug", False, "show the traceback of user errors (also INSTRUCTOR_JAX_DEBUG=1)")
 FLAGS = flags.FLAGS
 
 
@@ -378,6 +410,19 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   config = _CONFIG.value
+  try:
+    run(config)
+  except UserError as e:
+    if FLAGS.debug or debug_enabled():
+      raise
+    sys.exit(report(e))
+
+
+def run(config) -> None:
+  """The command: check the config, then compile only, or lock the workdir, train and finish."""
+  run_config.validate(config)
+  if FLAGS.workdir is None:
+    raise app.UsageError("--workdir is required")
   if FLAGS.compile_only:
     # Must happen before the backend starts: fake CPU devices for the target mesh.
     n = FLAGS.compile_devices or int(config.get("compile_devices", 0) or 0)
@@ -389,10 +434,20 @@ def main(argv):
                                f" --xla_force_host_platform_device_count={n}").strip()
     jax.config.update("jax_platforms", "cpu")
   setup_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  if FLAGS.workdir is None:
-    raise app.UsageError("--workdir is required")
-  train(config, FLAGS.workdir, compile_only=FLAGS.compile_only)
-  if not FLAGS.compile_only:
+  if FLAGS.compile_only:
+    train(config, FLAGS.workdir, compile_only=True)
+    return
+  with workdir_lib.WorkdirLock(FLAGS.workdir, log=lambda m: print(m, file=sys.stderr, flush=True)):
+    try:
+      train(config, FLAGS.workdir)
+    except (run_config.ConfigError, checkpoints.CheckpointError):
+      raise  # rerunning as is would fail the same way
+    except BaseException:
+      step = checkpoints.latest_step(FLAGS.workdir)
+      if jax.process_index() == 0 and step is not None:
+        print(f"stopped; the newest checkpoint is {os.path.abspath(FLAGS.workdir)}/{step}. To resume: "
+              f"{workdir_lib.resume_command()}", file=sys.stderr, flush=True)
+      raise
     finish(config, FLAGS.workdir)
 
 
@@ -410,9 +465,7 @@ def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not ((eval_cfg and eval_cfg.get("data_dir")) or (export_cfg and export_cfg.get("enabled"))):
     return
   workdir = os.path.abspath(workdir)
-  ckpt = checkpoints.Checkpointer(workdir, async_save=False)
-  latest = ckpt.latest_step()
-  ckpt.close()
+  latest = checkpoints.latest_step(workdir)
   if latest != int(config.num_train_steps):
     print(f"run stopped at step {latest} of {config.num_train_steps}: skipping evaluation and export", flush=True)
     return

@@ -1,0 +1,231 @@
+"""One trainer per workdir, and stopping cleanly: the workdir lock, SIGTERM / SIGINT, the resume command.
+
+**Lock.** ``WORKDIR/.lock`` is a small JSON file ``{pid, host, start_time, run, started, heartbeat}`` written by
+process 0 of a run (one lock per run, whatever its process count; the other processes learn the outcome by a
+broadcast). It is created atomically (``O_CREAT | O_EXCL``), refreshed by a heartbeat thread every
+``HEARTBEAT_S``, and removed when the run ends. A second trainer on the same workdir is refused with a message
+naming the holder. A lock is *stale*, and taken over with a message, when its process is gone: on the same host, the
+pid is not running (or is another process: its start time differs); on another host (a shared filesystem), its
+heartbeat is older than ``STALE_S``. Take-over writes a new lock and re-reads it, so of two trainers taking over at
+once only one wins. Nothing else in the workdir is touched before the lock is held (orbax's start-up clean-up
+would delete a live trainer's in-flight save).
+
+**Stopping.** ``PreemptionGuard`` turns SIGTERM (TPU maintenance, SLURM preemption, ``kill``) and SIGINT (Ctrl-C)
+into a flag the loop polls; the loop saves the current step and exits 0. A second Ctrl-C stops at once (the last
+checkpoint is kept). With several processes the flag is all-reduced each step, so every host stops after the same
+step. ``resume_command()`` is the command line to print at every stop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+
+import jax
+import numpy as np
+
+from instructor_jax.errors import UserError
+
+LOCK_NAME = ".lock"
+HEARTBEAT_S = 10.0
+STALE_S = 120.0
+
+
+class LockedError(UserError, RuntimeError):
+  """The workdir is held by another live trainer."""
+
+
+def _start_time(pid: int) -> str | None:
+  """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or None if unknown."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(pid: int, start_time: str | None) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # exists, someone else's
+  now = _start_time(pid)
+  return start_time is None or now is None or now == start_time
+
+
+def _describe(info: dict) -> str:
+  started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.get("started", 0)))
+  beat = time.time() - float(info.get("heartbeat", 0))
+  return f"pid {info.get('pid')} on host {info.get('host')}, started {started}, last heartbeat {beat:.0f} s ago"
+
+
+class WorkdirLock:
+  """``with WorkdirLock(workdir, log):`` -- held by process 0 for the whole run (see the module docstring)."""
+
+  def __init__(self, workdir: str, log=print):
+    self.path = os.path.join(os.path.abspath(workdir), LOCK_NAME)
+    self.log = log
+    self.info = None
+    self._stop = threading.Event()
+    self._thread = None
+
+  def _mine(self) -> dict:
+    now = time.time()
+    return dict(pid=os.getpid(), host=socket.gethostname(), start_time=_start_time(os.getpid()),
+                run=uuid.uuid4().hex, started=now, heartbeat=now, argv=sys.argv)
+
+  def _read(self) -> dict | None:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      return {}  # half-written or garbage: treated like a lock whose heartbeat is unknown
+
+  def _stale(self, info: dict) -> str | None:
+    """Why ``info``'s holder is gone, or None if it may be alive."""
+    if info.get("host") == socket.gethostname() and "pid" in info:
+      return None if _alive(int(info["pid"]), info.get("start_time")) else "not running"
+    age = time.time() - float(info.get("heartbeat", 0))
+    if age > STALE_S:
+      return f"no heartbeat for {age:.0f} s"
+    return None
+
+  def _write(self, info: dict, exclusive: bool) -> bool:
+    data = json.dumps(info).encode()
+    if exclusive:
+      try:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+      except FileExistsError:
+        return False
+      with os.fdopen(fd, "wb") as f:
+        f.write(data)
+      return True
+    tmp = f"{self.path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, self.path)
+    return True
+
+  def acquire(self) -> None:
+    ok, message = True, ""
+    if jax.process_index() == 0:
+      try:
+        self._acquire_here()
+      except LockedError as e:
+        ok, message = False, str(e)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+      if not ok and not message:
+        message = f"{os.path.dirname(self.path)} is locked by another trainer (see process 0's message)"
+    if not ok:
+      raise LockedError(message)
+
+  def _acquire_here(self) -> None:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    mine = self._mine()
+    for _ in range(5):
+      if self._write(mine, exclusive=True):
+        break
+      held = self._read()
+      if held is None:
+        continue  # released meanwhile: try again
+      why = self._stale(held)
+      if why is None:
+        raise LockedError(f"{os.path.dirname(self.path)} is in use by another trainer ({_describe(held)}); two "
+                          f"trainers would overwrite each other's checkpoints. Stop it first, or use another "
+                          f"--workdir (lock file: {self.path})")
+      self.log(f"taking over the lock of {os.path.dirname(self.path)} from "
+               f"{held.get('pid', '?')} on host {held.get('host', '?')} ({why})")
+      self._write(mine, exclusive=False)
+      time.sleep(0.05)
+      if (self._read() or {}).get("run") == mine["run"]:
+        break
+    else:
+      raise LockedError(f"{self.path}: could not take the lock (another trainer keeps taking it)")
+    self.info = mine
+    self._thread = threading.Thread(target=self._beat, daemon=True, name="workdir-lock-heartbeat")
+    self._thread.start()
+
+  def _beat(self) -> None:
+    while not self._stop.wait(HEARTBEAT_S):
+      held = self._read()
+      if not held or held.get("run") != self.info["run"]:
+        self.log(f"warning: {self.path} is no longer ours ({_describe(held) if held else 'removed'})")
+        return
+      self.info["heartbeat"] = time.time()
+      try:
+        self._write(self.info, exclusive=False)
+      except OSError as e:
+        self.log(f"warning: cannot refresh {self.path}: {e}")
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(timeout=5)
+    if self.info is not None and (self._read() or {}).get("run") == self.info["run"]:
+      try:
+        os.remove(self.path)
+      except OSError:
+        pass
+    self.info = None
+
+  def __enter__(self):
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def resume_command() -> str:
+  """The command line of this run (``python -m instructor_jax.train ...``): rerunning it resumes."""
+  return shlex.join(["python", "-m", "instructor_jax.train", *sys.argv[1:]])
+
+
+class PreemptionGuard:
+  """SIGTERM / SIGINT -> a flag the training loop polls (it saves the current step, then exits 0).
+
+  A second SIGINT raises ``KeyboardInterrupt`` at once (the newest checkpoint on disk stays). With several
+  processes ``should_stop`` all-reduces the flag (``any``), so every host stops after the same step.
+  """
+
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    self._flag = threading.Event()
+    self.signal_name = None
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for s in signals:
+        self._previous[s] = signal.signal(s, self._handle)
+
+  def _handle(self, signum, frame):
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT and self._flag.is_set():
+      raise KeyboardInterrupt
+    self.signal_name = self.signal_name or name
+    self._flag.set()
+    if signum == signal.SIGINT:
+      print(f"\n{name}: saving after this step (press Ctrl-C again to stop without saving)", file=sys.stderr,
+            flush=True)
+
+  def should_stop(self) -> bool:
+    local = self._flag.is_set()
+    if jax.process_count() == 1:
+      return local
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray([local], np.int32))
+    return bool(np.any(flags))
+
+  def restore_handlers(self):
+    for s, h in self._previous.items():
+      signal.signal(s, h)
