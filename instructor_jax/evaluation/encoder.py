@@ -105,9 +105,10 @@ class Instructions:
         via = "" if key == name else f" ({key}, adapted_from)"
         return Instruction(_pick(self.by_name[key], role), f"table {self.table_name}{via}")
     generic_type = task_type if task_type in GENERIC else GENERIC_TYPE.get(task_type)
-    if generic_type is None:
-      from mteb.abstasks.task_metadata import _TASKTYPE2SIMPLIFIEDTASKTYPE
-      generic_type = GENERIC_TYPE.get(_TASKTYPE2SIMPLIFIEDTASKTYPE.get(task_type, ""), "STS")
+    if generic_type is None:  # image / audio / video types: by mteb's simplified type (TaskMetadata)
+      from mteb.abstasks import task_metadata
+      simplified = getattr(task_metadata, "_TASKTYPE2SIMPLIFIEDTASKTYPE", {}).get(task_type, "")
+      generic_type = GENERIC_TYPE.get(simplified, "STS")
     return Instruction(_pick(GENERIC[generic_type], role), f"generic {generic_type}")
 
   def for_task(self, metadata) -> Instruction:

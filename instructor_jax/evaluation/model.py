@@ -26,7 +26,6 @@ import numpy as np
 class ModelInfo:
   name: str                  # "org/model"
   revision: str
-  path: str                  # the folder or workdir read
   d_model: int
   dim: int | None            # embedding size (None: not known before encoding, torch backend on a folder)
   n_parameters: int | None
@@ -135,8 +134,7 @@ def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype
       max_length = min(max_length, cfg.max_position_embeddings)
     out_features = int(np.shape(params["dense"]["kernel"])[1]) if "dense" in params else None
     info = ModelInfo(name or local_name(model), params_revision(params, hf_config, normalize, tokenizer_dir),
-                     os.path.abspath(model), cfg.d_model, out_features or cfg.d_model, _n_params(params), framework,
-                     max_length)
+                     cfg.d_model, out_features or cfg.d_model, _n_params(params), framework, max_length)
     if backend == "torch":
       tmp = tempfile.mkdtemp(prefix="instructor-eval-")
       folder = convert.export_folder(params, hf_config, os.path.join(tmp, "model"), tokenizer_dir=tokenizer_dir,
@@ -149,8 +147,7 @@ def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype
     return Instructor(m, params, tok, source=model), info, cfg.d_model, lambda: None
   folder = _resolve(model)
   hub_id = model if not os.path.exists(model) else None
-  ident = dict(name=name or hub_id or local_name(folder), revision=folder_revision(folder),
-               path=os.path.abspath(folder), framework=framework)
+  ident = dict(name=name or hub_id or local_name(folder), revision=folder_revision(folder), framework=framework)
   if backend == "torch":
     with open(os.path.join(model_dir(folder), "config.json"), encoding="utf-8") as f:
       cfg = hf.config_from_hf(json.load(f))

@@ -20,7 +20,8 @@ reader                   returns
 ``read_reranking_jsonl`` ``{"samples": [{"query", "positive": [...], "negative": [...]}]}``
 ``read_wikiqa``          the same from WikiQA's aligned ``a.toks``, ``b.toks``, ``id.txt``, ``sim.txt``
 ``read_trecqa``          the same from TrecQA's ``<QApairs>`` pseudo-XML
-``read_beir``            ``{"corpus": {id: {"title", "text"}}, "queries": {id: text}, "qrels": {qid: {did: int}}}``
+``read_beir``            ``{"corpus": {id: {"title", "text"}}, "queries": {id: text}, "qrels": {qid: {did:
+                         int}}}`` (queries without judgements left out)
 =======================  =============================================================================
 
 Generic tables (``read_table``) are ``.jsonl``, ``.tsv`` (header, split on tab, no quoting) or ``.csv`` (header,
