@@ -18,8 +18,11 @@ with ``python -m instructor_jax.eval --data-dir`` on held-out *test* splits):
   from ``data.TrainStream`` in the same order, the same loss, AdamW, warmup/decay schedule and clipping);
   dropout masks necessarily differ, so it should land within noise of ``ft``, not equal it.
 
-Evaluation tasks (``--tasks``): STS-B test, SICK-R test, Banking77 test, SciFact test, TwitterSemEval2015 test, AG
-News clustering, WikiQA reranking; texts truncated at ``--eval-max-length`` tokens (128: minutes on 2 cores).
+Evaluation tasks (``--tasks``, folder names of ``shared/data/eval``): STSBenchmark test, SICK-R (MTEB's: all 9,927
+pairs) and SICK-R.official (the 4,927-pair test file), Banking77Classification test, SciFact test, TwitterPIT2015
+(the SemEval-2015 PIT test set), AGNewsTitlesClustering, WikiQAReranking (``evaluation/local.py``); texts truncated
+at ``--eval-max-length`` tokens (128: minutes on 2 cores). Results before issue 15 (QUALITY.md) scored SICK-R on the
+test file only and gave PIT / WikiQA other tasks' instructions (now generic ones).
 Writes ``OUT/results.json`` and prints a markdown table (the one in QUALITY.md).
 """
 from __future__ import annotations

@@ -1,301 +1,69 @@
-"""Evaluate an INSTRUCTOR model: MTEB 2.x tasks (online) or local task folders (offline, ``--data-dir``).
+"""Evaluate an INSTRUCTOR model with MTEB: local task folders (offline, ``--data-dir``) or MTEB 2.x tasks.
 
     # offline: one task folder or a folder of task folders (layouts: --help-formats)
-    python -m instructor_jax.eval --model DIR --data-dir ../shared/data/eval/stsbenchmark --output results/
-    # MTEB 2.x (downloads the task data): task names, task types or benchmark names
+    python -m instructor_jax.eval --model DIR --data-dir ../shared/data/eval --output results/
+    # MTEB 2.x (the task data from the Hugging Face hub or its local cache): task names, task types or benchmarks
     python -m instructor_jax.eval --model DIR --tasks STSBenchmark,Banking77Classification --output results/
+    python -m instructor_jax.eval --list-tasks [--data-dir DIR] [--tasks ...]   # tasks, types and instructions
 
-``--model``: an orbax workdir or ``WORKDIR/STEP`` (``checkpoints.restore_params``), an exported /
-sentence-transformers / INSTRUCTOR folder, or a hub id. ``--backend jax`` (default) embeds with
-``Instructor.encode``; ``--backend torch`` with ``transformers.T5EncoderModel`` / ``BertModel`` (by the model's
-``config.json``) and the same INSTRUCTOR rule (an orbax checkpoint is exported to a temporary folder first). Nothing
-else here depends on the backbone.
+A thin CLI over ``evaluation/``: ``local.discover`` finds the local tasks and reads them into mteb's own task
+objects (or our stand-ins for sets that are not MTEB data, ``evaluation/tasks.py``); ``encoder.InstructorEncoder``
+is the model (``--model``: an orbax workdir[/STEP], an exported / sentence-transformers / INSTRUCTOR folder, or a
+hub id; ``--backend jax`` embeds with ``Instructor.encode``, ``torch`` with transformers and the same rule);
+``mteb.evaluate`` scores every task with mteb's evaluators.
 
-Instructions: ``--instructions`` is a JSON table (INSTRUCTOR's layout: ``{model: {task type: {task: instruction
-| {"query", "corpus"}}}}`` or directly ``{task type: ...}``) or a model key of the bundled table
-(``hkunlp/instructor-base|large|xl``; default: by ``d_model`` / BERT's ``hidden_size`` 768 / 1024 / 2048, else
-base). A task not in the
-table uses the table's entry for a representative task of its type (``FALLBACK``). Retrieval and reranking use
-the query instruction for queries and the corpus instruction for documents; other types use one instruction for
-every text. ``--no-instructions`` embeds the bare texts (the ablation).
+Instructions: INSTRUCTOR's table for the model's size (``--instructions FILE | hkunlp/instructor-*``), a task's own
+(``task.json``), or a generic one per task type for a task the table does not list (``evaluation/encoder.py``);
+``--no-instructions`` embeds the bare texts. Each result records the instructions it used.
 
-Outputs in ``--output``: ``{task}.json`` in MTEB's result format, ``summary.md`` (per-task main scores and per-type
-averages) and ``summary.json``; embeddings are cached in ``--cache-dir`` (default ``OUTPUT/.embedding_cache``),
-keyed by model, instruction and texts, so re-runs skip the encoding.
+Outputs in ``--output``: MTEB's result layout, read by ``mteb.ResultCache(OUTPUT)``:
+``results/{org__model}/{revision}/{Task}.json`` + ``model_meta.json`` (the model's ``name`` is ``--model-name`` or
+the hub id or ``local/<folder>``; its ``revision`` the hub commit or a content hash of the weights); beside them
+``summary.md`` (per-task main scores, per-type averages) and ``summary.json``. Embeddings are cached in
+``--cache-dir`` (default ``OUTPUT/.embedding_cache``), keyed by the model's revision, the instruction and the
+texts, so a rerun skips the encoding. Exit status 1 if any task failed (each failure is printed).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from instructor_jax.evaluation import local
+from instructor_jax.evaluation import local, model as model_lib
+from instructor_jax.evaluation.encoder import Instructions, InstructorEncoder, load_instruction_table
+from instructor_jax.evaluation.readers import DataError
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
-INSTRUCTIONS_FILE = os.path.join(ASSETS, "instructor_mteb_instructions.json")
-SIZE_BY_D_MODEL = {768: "hkunlp/instructor-base", 1024: "hkunlp/instructor-large", 2048: "hkunlp/instructor-xl"}
-# Task types whose texts are queries and documents (separate instructions).
-ASYMMETRIC = ("Retrieval", "Reranking")
-# The table entry used for a task of this type that the table does not list.
-FALLBACK = {"STS": "STSBenchmark", "Classification": "Banking77Classification", "Clustering":
-            "TwentyNewsgroupsClustering", "PairClassification": "SprintDuplicateQuestions",
-            "Reranking": "AskUbuntuDupQuestions", "Retrieval": "MSMARCO", "Summarization": "SummEval"}
-TYPE_ALIASES = {"InstructionRetrieval": "Retrieval", "InstructionReranking": "Reranking",
-                "Any2AnyRetrieval": "Retrieval", "BitextMining": "STS", "Regression": "Classification",
-                "MultilabelClassification": "Classification"}
+load_embedder = model_lib.load_embedder  # (embedder, ModelInfo, d_model, cleanup): the demo test and test_bert use it
+# INSTRUCTOR's task types; with --list-tasks and no --tasks, the English MTEB tasks of these types are listed.
+INSTRUCTOR_TYPES = ("Retrieval", "Reranking", "Clustering", "PairClassification", "Classification", "STS",
+                    "Summarization")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Instructions
+def select_mteb_tasks(specs: Sequence[str]) -> list:
+  """Task names, task types (``STS``, ``Retrieval``...) or benchmark names -> mteb task objects (English only
+  for a type)."""
+  import typing
 
-
-def load_instruction_table(spec: str | None, d_model: int | None = None) -> dict:
-  """``{task type: {task: str | {"query", "corpus"}}}`` from a JSON file or a key of the bundled table."""
-  path = spec if spec and os.path.exists(spec) else INSTRUCTIONS_FILE
-  with open(path, encoding="utf-8") as f:
-    table = json.load(f)
-  if any(k.startswith("hkunlp/") or "/" in k for k in table):  # keyed by model
-    key = spec if spec in table else SIZE_BY_D_MODEL.get(d_model or 0, "hkunlp/instructor-base")
-    if spec and not os.path.exists(spec) and spec not in table:
-      raise ValueError(f"--instructions {spec!r}: not a file nor one of {sorted(table)}")
-    if key not in table:
-      key = sorted(table)[0]
-    table = table[key]
-  return table
-
-
-def instruction_for(table: Mapping | None, task_type: str, task_name: str, role: str = "query",
-                    override: Mapping | None = None) -> str:
-  """The instruction for ``role`` ("query" | "corpus") of a task; "" when instructions are off."""
-  if override:
-    if "instruction" in override:
-      return override["instruction"]
-    return override.get(role, "")
-  if table is None:
-    return ""
-  task_type = TYPE_ALIASES.get(task_type, task_type)
-  entries = table.get(task_type) or {}
-  entry = entries.get(task_name)
-  if entry is None:
-    entry = entries.get(FALLBACK.get(task_type, ""))
-  if entry is None and entries:
-    entry = next(iter(entries.values()))
-  if entry is None:
-    return ""
-  if isinstance(entry, Mapping):
-    return entry.get("corpus" if role in ("corpus", "document", "passage") else "query", "")
-  return entry
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Embedders: encode(inputs: list[str | [instruction, text]]) -> float32 [N, D]
-
-
-class TorchInstructor:
-  """``transformers.T5EncoderModel`` / ``BertModel`` + the INSTRUCTOR pooling rule on an exported / HF folder
-  (``--backend torch``)."""
-
-  def __init__(self, folder: str, max_length: int = 512):
-    self.folder, self.max_length = folder, max_length
-
-  def encode(self, inputs: Sequence, batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
-    from instructor_jax.convert import reference_encode
-    return reference_encode(self.folder, list(inputs), max_length=self.max_length, batch_size=batch_size)
-
-
-def _is_orbax(path: str) -> bool:
-  if not os.path.isdir(path):
-    return False
-  if os.path.exists(os.path.join(path, "config.json")) or os.path.exists(os.path.join(path, "modules.json")):
-    return False
-  names = os.listdir(path)
-  return any(n.isdigit() for n in names) or any(n in ("_CHECKPOINT_METADATA", "params", "meta") for n in names)
-
-
-def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype: str = "float32"):
-  """``(embedder, fingerprint, d_model, cleanup)`` for a checkpoint, folder or hub id."""
-  import jax.numpy as jnp
-  from instructor_jax import convert
-  from instructor_jax.embedder import Instructor, InstructorModel
-  cleanup = lambda: None
-  fingerprint = _fingerprint(model, backend, max_length, dtype)
-  if _is_orbax(model):
-    params, hf_config, normalize, tokenizer_dir, _, _ = convert.load_checkpoint(model)
-    from instructor_jax import hf
-    from instructor_jax.tokenization import Tokenizer
-    cfg = hf.match_params(hf.config_from_hf(hf_config), params)
-    convert.check_vocab(cfg.vocab_size, tokenizer_dir)
-    if backend == "torch":
-      tmp = tempfile.mkdtemp(prefix="instructor-eval-")
-      folder = convert.export_folder(params, hf_config, os.path.join(tmp, "model"), tokenizer_dir=tokenizer_dir,
-                                     normalize=normalize, verify=False, log=lambda *a: None)
-      import shutil
-      return TorchInstructor(folder, max_length), fingerprint, cfg.d_model, lambda: shutil.rmtree(tmp, True)
-    import dataclasses
-    import jax
-    cdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
-    if hf.backbone(cfg) == "bert":  # no positions beyond the table (as Instructor.from_pretrained)
-      max_length = min(max_length, cfg.max_position_embeddings)
-    tok = Tokenizer.from_pretrained(tokenizer_dir, max_length=max_length)
-    out_features = int(np.shape(params["dense"]["kernel"])[1]) if "dense" in params else None
-    m = InstructorModel(dataclasses.replace(cfg, dtype=cdtype), out_features=out_features, normalize=normalize,
-                        pad_id=tok.pad_id)
-    params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x, np.float32)), params)
-    return Instructor(m, params, tok, source=model), fingerprint, cfg.d_model, cleanup
-  if backend == "torch":
-    from instructor_jax.embedder import _resolve
-    folder = _resolve(model)
-    from instructor_jax import hf
-    with open(os.path.join(_model_dir(folder), "config.json"), encoding="utf-8") as f:
-      d_model = hf.config_from_hf(json.load(f)).d_model
-    return TorchInstructor(folder, max_length), fingerprint, d_model, cleanup
-  cdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
-  inst = Instructor.from_pretrained(model, dtype=cdtype, max_length=max_length)
-  return inst, fingerprint, inst.model.config.d_model, cleanup
-
-
-def _model_dir(folder: str) -> str:
-  modules = os.path.join(folder, "modules.json")
-  if os.path.exists(modules):
-    with open(modules, encoding="utf-8") as f:
-      return os.path.join(folder, json.load(f)[0].get("path", ""))
-  return folder
-
-
-def _fingerprint(model: str, backend: str, max_length: int, dtype: str) -> str:
-  """Identifies the model for the embedding cache: path, backend, and size + mtime of every file in it."""
-  h = hashlib.sha256(f"{os.path.abspath(model) if os.path.exists(model) else model}|{backend}|{max_length}|{dtype}"
-                     .encode())
-  if os.path.isdir(model):
-    for d, _, files in sorted(os.walk(model)):
-      for n in sorted(files):
-        try:
-          st = os.stat(os.path.join(d, n))
-        except OSError:
-          continue
-        h.update(f"{os.path.relpath(os.path.join(d, n), model)}:{st.st_size}:{st.st_mtime_ns}".encode())
-  return h.hexdigest()[:16]
-
-
-class CachedEncoder:
-  """Encodes ``(instruction, texts)`` groups, with an on-disk cache keyed by model, instruction and texts."""
-
-  def __init__(self, embedder, fingerprint: str, cache_dir: str | None, batch_size: int = 32,
-               progress: bool = True):
-    self.embedder, self.fingerprint, self.cache_dir = embedder, fingerprint, cache_dir
-    self.batch_size, self.progress = batch_size, progress
-    self.hits = self.misses = 0
-
-  def __call__(self, texts: Sequence[str], instruction: str = "") -> np.ndarray:
-    texts = list(texts)
-    path = None
-    if self.cache_dir:
-      h = hashlib.sha256(self.fingerprint.encode())
-      h.update(json.dumps([instruction, texts], ensure_ascii=False).encode())
-      path = os.path.join(self.cache_dir, self.fingerprint, h.hexdigest() + ".npy")
-      if os.path.exists(path):
-        try:
-          emb = np.load(path)
-          if emb.shape[0] == len(texts):
-            self.hits += 1
-            return emb
-        except (OSError, ValueError):
-          pass
-    inputs = [[instruction, t] for t in texts] if instruction else texts
-    emb = np.asarray(self.embedder.encode(inputs, batch_size=self.batch_size,
-                                          show_progress_bar=self.progress and len(texts) > 4 * self.batch_size),
-                     np.float32)
-    self.misses += 1
-    if path:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = path + f".{os.getpid()}.tmp.npy"
-      np.save(tmp, emb)
-      os.replace(tmp, path)
-    return emb
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# MTEB 2.x encoder wrapper
-
-
-def mteb_encoder(encoder: CachedEncoder, table: Mapping | None, name: str = "instructor_jax/model",
-                 embed_dim: int | None = None):
-  """Wraps ``encoder`` as an ``mteb`` 2.x encoder (``mteb.models.AbsEncoder``) choosing INSTRUCTOR instructions."""
-  from mteb.models.abs_encoder import AbsEncoder
-  from mteb.models.model_meta import ModelMeta, ScoringFunction
-
-  class InstructorMTEBEncoder(AbsEncoder):
-    def __init__(self):
-      self.model = encoder
-      self.mteb_model_meta = ModelMeta.create_empty(overwrites={
-          "name": name, "revision": "local", "embed_dim": embed_dim, "similarity_fn_name": ScoringFunction.COSINE,
-          "use_instructions": table is not None, "modalities": ["text"]})
-      self.instructions_used: dict[str, str] = {}
-
-    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
-      texts = []
-      for batch in inputs:
-        if "text" not in batch:
-          raise ValueError(f"{task_metadata.name}: only text inputs are supported, got {sorted(batch)}")
-        texts.extend(batch["text"])
-      role = "corpus" if prompt_type is not None and str(getattr(prompt_type, "value", prompt_type)) == "document" \
-          else "query"
-      instruction = instruction_for(table, task_metadata.type, task_metadata.name, role)
-      self.instructions_used[f"{task_metadata.name}/{role}"] = instruction
-      return encoder(texts, instruction)
-
-  return InstructorMTEBEncoder()
-
-
-def run_mteb(encoder: CachedEncoder, table, tasks_spec: Sequence[str], output: str, name: str, embed_dim,
-             log=print) -> tuple[list[dict], list[str]]:
-  """Evaluates MTEB tasks; returns ``(summary rows, names of the tasks that failed)``."""
-  import mteb
-  tasks = select_mteb_tasks(tasks_spec)
-  model = mteb_encoder(encoder, table, name=name, embed_dim=embed_dim)
-  results = mteb.evaluate(model, tasks, cache=None, show_progress_bar=True, raise_error=False)
-  failed = list(results.exceptions or [])
-  for exc in failed:
-    log(f"error: {exc.task_name}: {exc.exception}")
-  rows = []
-  meta = {t.metadata.name: t.metadata for t in tasks}
-  for r in results.task_results:
-    path = os.path.join(output, f"{r.task_name}.json")
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(r.to_dict(), f, indent=2, default=str)
-    md = meta[r.task_name]
-    mains = [float(s["main_score"]) for split in r.scores.values() for s in split]
-    rows.append({"task": r.task_name, "type": md.type, "metric": md.main_score, "score": float(np.mean(mains)),
-                 "split": ",".join(r.scores), "instruction": model.instructions_used.get(f"{r.task_name}/query")})
-    log(f"{r.task_name}: {rows[-1]['score']:.4f}")
-  return rows, [e.task_name for e in failed]
-
-
-def select_mteb_tasks(specs: Sequence[str]):
-  """Task names, task types (``STS``, ``Retrieval``...) or benchmark names -> mteb task objects."""
   import mteb
   from mteb.abstasks.task_metadata import TaskType
-  import typing
-  types = set(typing.get_args(TaskType)) if typing.get_args(TaskType) else set()
+  types = set(typing.get_args(TaskType))
   out, seen = [], set()
   for spec in specs:
-    if spec in types or spec in TYPE_ALIASES or spec in FALLBACK:
-      found = list(mteb.get_tasks(task_types=[spec], languages=["eng"]))
+    if spec in types:
+      found = list(mteb.get_tasks(task_types=[spec], languages=["eng"], modalities=["text"]))
     else:
       try:
         found = list(mteb.get_tasks(tasks=[spec]))
-      except Exception:
+      except Exception:  # noqa: BLE001 -- not a task name: try a benchmark
         try:
           found = list(mteb.get_benchmark(spec).tasks)
-        except Exception as e:
-          raise ValueError(f"--tasks: {spec!r} is neither an MTEB task, a task type nor a benchmark ({e})") from e
+        except Exception as e:  # noqa: BLE001
+          raise ValueError(f"--tasks: {spec!r} is neither an MTEB task, a task type nor a benchmark") from e
     for t in found:
       if t.metadata.name not in seen:
         seen.add(t.metadata.name)
@@ -303,103 +71,140 @@ def select_mteb_tasks(specs: Sequence[str]):
   return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Offline tasks
+def _offline() -> bool:
+  from huggingface_hub import constants
+  return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0")
 
 
-def mteb_result_json(task_name: str, split: str, scores: dict, main_metric: str, seconds: float,
-                     dataset_revision: str | None = None) -> dict:
-  """A task result in MTEB's JSON layout (``TaskResult.to_dict``)."""
-  try:
-    import mteb
-    version = mteb.__version__
-  except Exception:  # pragma: no cover
-    version = None
-  entry = {k: v for k, v in scores.items() if k != "scores_per_experiment"}
-  entry.update({"main_score": float(scores[main_metric]), "hf_subset": "default", "languages": ["eng-Latn"]})
-  if "scores_per_experiment" in scores:
-    entry["scores_per_experiment"] = scores["scores_per_experiment"]
-  return {"dataset_revision": dataset_revision or "local", "task_name": task_name, "mteb_version": version,
-          "scores": {split: [entry]}, "evaluation_time": seconds, "kg_co2_emissions": None}
+def _instruction_cells(instructions: Instructions, metadata) -> tuple[str, str]:
+  """``(instruction(s), source)`` of a task for tables: ``query / document`` for retrieval-type tasks."""
+  args = (metadata.name, metadata.type)
+  adapted = tuple(metadata.adapted_from or ())
+  if metadata.type in ("Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking"):
+    q, d = instructions.get(*args, "query", adapted), instructions.get(*args, "document", adapted)
+    return (f"`{q.text}` / `{d.text}`" if q.text or d.text else "(none)"), q.source
+  ins = instructions.get(*args, "text", adapted)
+  return (f"`{ins.text}`" if ins.text else "(none)"), ins.source
 
 
-def run_local(encoder: CachedEncoder, table, data_dir: str, output: str, split: str = "test",
-              only: Sequence[str] | None = None, log=print) -> list[dict]:
-  tasks = local.discover(data_dir, split)
-  if only:
-    wanted = {s.lower() for s in only}
-    tasks = [t for t in tasks if t.name.lower() in wanted or t.type.lower() in wanted
-             or os.path.basename(t.folder).lower() in wanted]
-    if not tasks:
-      raise local.DataError(f"{data_dir}: no task matches --tasks {','.join(only)}")
+def list_tasks(args, out=print) -> int:
+  """``--list-tasks``: the local tasks of ``--data-dir``, or MTEB's tasks (``--tasks``; default: the English text
+  tasks of INSTRUCTOR's types, superseded ones included), with type and the instructions a run would use."""
+  table, table_name = (None, "") if args.no_instructions else load_instruction_table(
+      args.instructions, model_lib.d_model_of(args.model))
+  specs = [s.strip() for s in (args.tasks or "").split(",") if s.strip()]
   rows = []
-  for task in tasks:
+  if args.data_dir:
+    found = local.discover(args.data_dir, args.split)
+    found = local.select(found, specs) if specs else found
+    instructions = Instructions(table, table_name, {t.name: t.instructions for t in found if t.instructions})
+    for t in found:
+      rows.append((t.name, t.type, f"local {t.folder}", *_instruction_cells(instructions, t.make().metadata)))
+  else:
+    import mteb
+    instructions = Instructions(table, table_name)
+    tasks = select_mteb_tasks(specs) if specs else mteb.get_tasks(
+        task_types=list(INSTRUCTOR_TYPES), languages=["eng"], modalities=["text"], exclude_superseded=False)
+    for t in tasks:
+      rows.append((t.metadata.name, t.metadata.type, "mteb", *_instruction_cells(instructions, t.metadata)))
+  out(f"instructions: {table_name or 'none'}")
+  out("| task | type | data | instruction (query / document) | source |\n|---|---|---|---|---|")
+  for r in rows:
+    out("| " + " | ".join(r) + " |")
+  return 0
+
+
+def _local_tasks(args, specs):
+  found = local.discover(args.data_dir, args.split)
+  found = local.select(found, specs) if specs else found
+  return [(t, t.build()) for t in found]  # read every file before the model is loaded
+
+
+def save_result(result, encoder: InstructorEncoder, cache, encode_kwargs: Mapping) -> str:
+  """Adds the instructions used to each score entry and writes the result with mteb's ``ResultCache``."""
+  used = encoder.instructions_used(result.task_name)
+  for split_scores in result.scores.values():
+    for entry in split_scores:
+      entry["instructions"] = used
+  cache.save_to_cache(result, encoder.mteb_model_meta, encode_kwargs=dict(encode_kwargs))
+  return str(cache.get_task_result_path(result.task_name, encoder.mteb_model_meta))
+
+
+def run(encoder: InstructorEncoder, selected: Sequence[tuple[Any, Any]], output: str, batch_size: int = 32,
+        log=print) -> tuple[list[dict], list[tuple[str, str]]]:
+  """Evaluates each ``(local task | None, mteb task)`` with ``mteb.evaluate``, writes its result; returns
+  ``(summary rows, [(task, error)])``."""
+  import mteb
+  cache = mteb.ResultCache(output)
+  encode_kwargs = {"batch_size": batch_size, "show_progress_bar": False}
+  rows, failed = [], []
+  for lt, task in selected:
+    md = task.metadata
     start = time.time()
-    log(f"{task.name} ({task.type}, {task.folder}, split {task.split}); instruction "
-        f"{instruction_for(table, task.type, task.mteb_name or task.name, 'query', task.instructions)!r}"
-        + (f", corpus {instruction_for(table, task.type, task.mteb_name or task.name, 'corpus', task.instructions)!r}"
-           if task.type in ASYMMETRIC else ""))
-    data = task.load()
-
-    def embed(texts, role, task=task):
-      return encoder(texts, instruction_for(table, task.type, task.mteb_name or task.name, role, task.instructions))
-
-    scores = local.score(task, data, embed)
-    metric = local.MAIN_SCORE[task.type]
-    result = mteb_result_json(task.name, task.split, scores, metric, time.time() - start)
-    with open(os.path.join(output, f"{task.name}.json"), "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
-    rows.append({"task": task.name, "type": task.type, "metric": metric, "score": float(scores[metric]),
-                 "split": task.split, "folder": task.folder,
-                 "instruction": instruction_for(table, task.type, task.mteb_name or task.name, "query",
-                                                task.instructions)})
-    log(f"  {metric} = {scores[metric]:.4f}  ({time.time() - start:.1f}s)")
-  return rows
+    log(f"{md.name} ({md.type}, split {','.join(task.eval_splits)}"
+        + (f", {lt.folder}" if lt else "") + f"): {' '.join(_instruction_cells(encoder.instructions, md))}")
+    res = mteb.evaluate(encoder, task, cache=None, raise_error=False, overwrite_strategy="always",
+                        encode_kwargs=dict(encode_kwargs), co2_tracker=False, show_progress_bar=False)
+    for e in res.exceptions or []:
+      failed.append((e.task_name, e.exception))
+      log(f"  failed: {e.exception}")
+    for r in res.task_results:
+      path = save_result(r, encoder, cache, encode_kwargs)
+      used = encoder.instructions_used(r.task_name)
+      score = float(r.get_score())
+      rows.append({"task": r.task_name, "type": md.type, "metric": md.main_score, "score": score,
+                   "split": ",".join(r.scores), "instruction": used.get("query", used.get("text", "")),
+                   **({"document_instruction": used["document"]} if "document" in used else {}),
+                   "instruction_source": used["source"], "result": os.path.relpath(path, output),
+                   **({"folder": lt.folder} if lt else {})})
+      log(f"  {md.main_score} = {100 * score:.2f}  ({time.time() - start:.1f}s)")
+  return rows, failed
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Summary
-
-
-def write_summary(rows: list[dict], output: str, model: str, meta: Mapping[str, Any]) -> str:
+def write_summary(rows: list[dict], output: str, model: str, meta: Mapping[str, Any],
+                  failed: Sequence[tuple[str, str]] = ()) -> str:
+  """``summary.md`` + ``summary.json``: per-task main scores (fractions; x100 in the markdown), per-type averages
+  and the average over tasks; failed tasks are listed, never averaged."""
+  if not rows:
+    raise ValueError("no task result to summarise")
   by_type: dict[str, list[float]] = {}
   for r in rows:
     by_type.setdefault(r["type"], []).append(r["score"])
   averages = {t: float(np.mean(v)) for t, v in by_type.items()}
-  overall = float(np.mean([r["score"] for r in rows])) if rows else float("nan")
+  overall = float(np.mean([r["score"] for r in rows]))
   lines = [f"# Evaluation of `{model}`", "", ", ".join(f"{k}: {v}" for k, v in meta.items()), "",
-           "| task | type | split | metric | score | instruction |", "|---|---|---|---|---:|---|"]
+           "| task | type | split | metric | score | instruction | source |", "|---|---|---|---|---:|---|---|"]
   for r in rows:
-    instr = r.get("instruction")
-    instr = "" if instr is None else (f"`{instr}`" if instr else "(none)")
+    instr = f"`{r['instruction']}`" if r.get("instruction") else "(none)"
+    if r.get("document_instruction"):
+      instr += f" / `{r['document_instruction']}`"
     lines.append(f"| {r['task']} | {r['type']} | {r.get('split', '')} | {r['metric']} | {100 * r['score']:.2f} | "
-                 f"{instr} |")
+                 f"{instr} | {r.get('instruction_source', '')} |")
   lines += ["", "| task type | tasks | average |", "|---|---:|---:|"]
   for t, v in averages.items():
     lines.append(f"| {t} | {len(by_type[t])} | {100 * v:.2f} |")
   lines.append(f"| **all** | {len(rows)} | {100 * overall:.2f} |")
+  if failed:
+    lines += ["", "Failed (not averaged): " + ", ".join(f"{t} ({e})" for t, e in failed)]
   md = "\n".join(lines) + "\n"
   with open(os.path.join(output, "summary.md"), "w", encoding="utf-8") as f:
     f.write(md)
   with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump({"model": model, **meta, "tasks": rows, "type_averages": averages, "average": overall}, f, indent=2)
+    json.dump({"model": model, **meta, "tasks": rows, "type_averages": averages, "average": overall,
+               "failed": [{"task": t, "error": e} for t, e in failed]}, f, indent=2)
   return md
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m instructor_jax.eval", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", help="orbax workdir[/STEP], exported / HF folder, or hub id")
-  src = p.add_mutually_exclusive_group()
-  src.add_argument("--data-dir", help="local task folder, or a folder of task folders (offline)")
+  p.add_argument("--data-dir", help="local task folder, or a folder of task folders (offline)")
   p.add_argument("--tasks", help="comma-separated MTEB task names, task types or benchmarks; with --data-dir: a "
                                  "filter on local task names / types / folder names")
   p.add_argument("--split", default="test", help="local split (test, dev, train); default test")
   p.add_argument("--output", default="eval_results", help="output folder (default eval_results)")
+  p.add_argument("--model-name", help="org/name of the model in the results (default: hub id or local/<folder>)")
   p.add_argument("--backend", choices=("jax", "torch"), default="jax")
   p.add_argument("--instructions", help="instruction table JSON or hkunlp/instructor-{base,large,xl} "
                                         "(default: bundled INSTRUCTOR table for the model size)")
@@ -408,48 +213,56 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--max-length", type=int, default=512)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (jax backend)")
   p.add_argument("--cache-dir", help="embedding cache (default OUTPUT/.embedding_cache); 'none' disables it")
+  p.add_argument("--list-tasks", action="store_true", help="print the tasks with type and instructions and exit")
   p.add_argument("--help-formats", action="store_true", help="print the local data layouts and exit")
   args = p.parse_args(argv)
   if args.help_formats:
     print(local.__doc__)
     return 0
-  if not args.model:
-    p.error("--model is required")
-  if not args.data_dir and not args.tasks:
-    p.error("give --data-dir (offline) or --tasks (MTEB)")
-  os.makedirs(args.output, exist_ok=True)
-  cache_dir = None if (args.cache_dir or "").lower() == "none" else (
-      args.cache_dir or os.path.join(args.output, ".embedding_cache"))
+  if args.model_name and "/" not in args.model_name:
+    p.error(f"--model-name {args.model_name!r}: expected org/name")
+  specs = [s.strip() for s in (args.tasks or "").split(",") if s.strip()]
   try:
-    if args.data_dir:  # fail on unreadable data before loading the model
-      local.discover(args.data_dir, args.split)
-    embedder, fingerprint, d_model, cleanup = load_embedder(args.model, args.backend, args.max_length, args.dtype)
-  except (local.DataError, ValueError, FileNotFoundError) as e:  # ConvertError / CheckpointError are ValueErrors
+    if args.list_tasks:
+      return list_tasks(args)
+    if not args.model:
+      p.error("--model is required")
+    if not args.data_dir and not specs:
+      p.error("give --data-dir (offline) or --tasks (MTEB)")
+    selected = _local_tasks(args, specs) if args.data_dir else [(None, t) for t in select_mteb_tasks(specs)]
+    task_instructions = {lt.name: lt.instructions for lt, _ in selected if lt and lt.instructions}
+    cache_dir = None if (args.cache_dir or "").lower() == "none" else (
+        args.cache_dir or os.path.join(args.output, ".embedding_cache"))
+    encoder = InstructorEncoder.from_pretrained(
+        args.model, backend=args.backend, max_length=args.max_length, dtype=args.dtype,
+        instructions=args.instructions, no_instructions=args.no_instructions, task_instructions=task_instructions,
+        cache_dir=cache_dir, batch_size=args.batch_size, name=args.model_name)
+  except (DataError, ValueError, FileNotFoundError) as e:  # ConvertError / CheckpointError are ValueErrors
     print(f"error: {e}", file=sys.stderr)
     return 1
   try:
-    table = None if args.no_instructions else load_instruction_table(args.instructions, d_model)
-    encoder = CachedEncoder(embedder, fingerprint, cache_dir, batch_size=args.batch_size)
-    specs = [s.strip() for s in (args.tasks or "").split(",") if s.strip()]
-    failed = []
-    if args.data_dir:
-      rows = run_local(encoder, table, args.data_dir, args.output, args.split, specs or None)
-    else:
-      rows, failed = run_mteb(encoder, table, specs, args.output, name=os.path.basename(os.path.normpath(args.model)),
-                      embed_dim=getattr(embedder, "dim", None))
-    meta = {"backend": args.backend, "instructions": "none" if table is None else (args.instructions or "bundled"),
-            "max_length": args.max_length, "dtype": args.dtype}
-    print(write_summary(rows, args.output, args.model, meta))
-    print(f"embedding cache: {encoder.hits} hits, {encoder.misses} misses")
+    os.makedirs(args.output, exist_ok=True)
+    meta = encoder.mteb_model_meta
+    print(f"model {meta.name} revision {meta.revision} ({args.backend}, max_length {args.max_length}); results in "
+          f"{os.path.join(args.output, 'results')}")
+    rows, failed = run(encoder, selected, args.output, args.batch_size)
+    for task, err in failed:
+      hint = ("; offline (HF_HUB_OFFLINE): only task data already in the Hugging Face cache loads, evaluate local "
+              "copies with --data-dir (--help-formats)") if _offline() and not args.data_dir else ""
+      print(f"error: {task}: {err}{hint}", file=sys.stderr)
+    if rows:
+      info = {"name": meta.name, "revision": meta.revision, "backend": args.backend, "instructions": "none" if
+              args.no_instructions else encoder.instructions.table_name, "max_length": args.max_length,
+              "dtype": args.dtype}
+      print(write_summary(rows, args.output, args.model, info, failed))
+    print(f"embedding cache: {encoder.cache.hits} hits, {encoder.cache.misses} misses")
     if failed:
-      print(f"error: {len(failed)} MTEB task(s) failed: {', '.join(failed)}", file=sys.stderr)
+      print(f"error: {len(failed)} of {len(selected)} task(s) failed: {', '.join(t for t, _ in failed)}"
+            + ("" if rows else "; no summary written"), file=sys.stderr)
       return 1
     return 0
-  except local.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
   finally:
-    cleanup()
+    encoder.close()
 
 
 if __name__ == "__main__":

@@ -1,23 +1,31 @@
-"""instructor_jax.eval: offline formats scored against independent computations, the CLI (MTEB-format JSON,
-summary, cache, errors), and MTEB 2.x mock tasks through the mteb encoder wrapper. Offline, tiny random model."""
+"""instructor_jax.eval and evaluation/: local sets in mteb's own task objects (or our stand-ins on mteb's abstract
+tasks), scored by mteb's evaluators and checked against independent computations; the instruction rule; our
+encoder through ``mteb.evaluate`` (mteb's mock tasks); MTEB's result layout read back with mteb's result classes;
+the CLI (summary, embedding cache, --list-tasks, errors). Offline, tiny random model."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import pathlib
 import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import mteb
 import numpy as np
 import pytest
+from mteb.abstasks import AbsTask, AbsTaskClustering, AbsTaskPairClassification, AbsTaskRetrieval, AbsTaskSTS
 from scipy.stats import spearmanr
 
 from instructor_jax import eval as ev
 from instructor_jax.embedder import Instructor
-from instructor_jax.evaluation import local
+from instructor_jax.evaluation import encoder as enc, local, model as model_lib, readers, tasks as local_tasks
 from reference import make_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval")
+FORMATS = os.path.join(FIXTURES, "formats")
+SHARED_EVAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval")
 MAX_LEN = 64
 
 
@@ -33,40 +41,138 @@ def inst(model_dir):
 
 @pytest.fixture(scope="module")
 def table():
-  return ev.load_instruction_table(None, d_model=32)
+  return enc.load_instruction_table(None, d_model=32)[0]
 
 
 @pytest.fixture(scope="module")
-def encoder(inst):
-  return ev.CachedEncoder(inst, "test", None, batch_size=16, progress=False)
+def evaluated(model_dir, tmp_path_factory):
+  """The CLI once over every fixture folder: ``(output folder, summary.json, stdout)``."""
+  out = str(tmp_path_factory.mktemp("evaluated") / "out")
+  import contextlib
+  import io
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    assert ev.main(["--model", model_dir, "--data-dir", FIXTURES, "--output", out, "--max-length", str(MAX_LEN)]) == 0
+  return out, json.load(open(os.path.join(out, "summary.json"))), buf.getvalue()
 
 
 def _unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _run(encoder, table, name, tmp_path):
-  rows = ev.run_local(encoder, table, os.path.join(FIXTURES, name), str(tmp_path), log=lambda *a: None)
-  assert len(rows) == 1
-  result = json.load(open(os.path.join(tmp_path, f"{rows[0]['task']}.json")))
-  assert result["scores"]["test"][0]["main_score"] == pytest.approx(rows[0]["score"])
-  return rows[0], result["scores"]["test"][0]
+def _row(summary, task):
+  rows = [r for r in summary["tasks"] if r["task"] == task]
+  assert len(rows) == 1, [r["task"] for r in summary["tasks"]]
+  return rows[0]
 
 
-def test_bundled_instruction_table(table):
-  assert ev.instruction_for(table, "STS", "STSBenchmark") == "represent the statement: "
-  assert ev.instruction_for(table, "Retrieval", "SciFact", "query").startswith("Represent a Scientific query")
-  assert ev.instruction_for(table, "Retrieval", "SciFact", "corpus").startswith("represent the Scientific passage")
-  assert ev.instruction_for(table, "STS", "NotInTable") == ev.instruction_for(table, "STS", "STSBenchmark")
-  xl = ev.load_instruction_table(None, d_model=2048)
-  assert xl["STS"]["STS12"] != table["STS"]["STS12"]
-  assert ev.instruction_for(None, "STS", "STSBenchmark") == ""
+def _result(out, row):
+  return json.load(open(os.path.join(out, row["result"])))["scores"]["test"][0]
 
 
-def test_sts_benchmark_layout(encoder, table, inst, tmp_path):
-  """The STS-B file layout (TSV, no quoting, rows with extra columns) scored as an independent computation."""
-  row, scores = _run(encoder, table, "stsbenchmark", tmp_path)
-  assert row["task"] == "STSBenchmark" and row["metric"] == "cosine_spearman"
+# ----------------------------------------------------------------------------------------------------------------
+# Instructions
+
+
+def test_instruction_rule(table):
+  ins = enc.Instructions(table, "hkunlp/instructor-base", {"Mine": {"text": "Represent mine: "}})
+  assert ins.get("STSBenchmark", "STS") == enc.Instruction("represent the statement: ", "table hkunlp/instructor-base")
+  assert ins.get("SciFact", "Retrieval", "query").text.startswith("Represent a Scientific query")
+  assert ins.get("SciFact", "Retrieval", "document").text.startswith("represent the Scientific passage")
+  assert ins.get("Mine", "STS").source == "task.json"
+  # A split of an MTEB task (mteb's adapted_from) uses that task's entry, and says so.
+  sub = ins.get("SICK-R.official", "STS", adapted_from=("SICK-R",))
+  assert sub.text == table["STS"]["SICK-R"] and "(SICK-R, adapted_from)" in sub.source
+  # A task the table does not list gets the generic instruction of its type, never another task's.
+  for name, task_type, role, want in (("MRPC", "PairClassification", "text", enc.GENERIC["PairClassification"]),
+                                      ("WikiQAReranking", "Reranking", "query", enc.GENERIC["Reranking"]["query"]),
+                                      ("WikiQAReranking", "Reranking", "document",
+                                       enc.GENERIC["Reranking"]["document"]),
+                                      ("Some", "InstructionRetrieval", "query", enc.GENERIC["Retrieval"]["query"]),
+                                      ("Some", "MultilabelClassification", "text", enc.GENERIC["Classification"])):
+    got = ins.get(name, task_type, role)
+    assert got.text == want and got.source.startswith("generic "), (name, got)
+  with open(enc.INSTRUCTIONS_FILE) as f:
+    bundled = {v for t in json.load(f).values() for entries in t.values() for e in entries.values()
+               for v in ([e] if isinstance(e, str) else e.values())}
+  generic = {v for g in enc.GENERIC.values() for v in ([g] if isinstance(g, str) else g.values())}
+  assert not generic & bundled
+  assert enc.Instructions(None).get("STSBenchmark", "STS") == enc.Instruction("", "none")
+  xl, name = enc.load_instruction_table(None, d_model=2048)
+  assert name == "hkunlp/instructor-xl" and xl["STS"]["STS12"] != table["STS"]["STS12"]
+  with pytest.raises(ValueError, match="--instructions 'nope'"):
+    enc.load_instruction_table("nope")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Local sets -> mteb task objects
+
+
+def test_local_sets_are_loaded_into_mteb_tasks():
+  found = {t.name: t for t in local.discover(FIXTURES) + local.discover(FORMATS)}
+  assert set(found) == {"Banking77Classification", "SyntheticClustering", "pairclassification-synthetic",
+                        "reranking-synthetic", "retrieval-synthetic", "STSBenchmark", "AGNewsTitlesClustering",
+                        "MRPC", "SICK-R", "SICK-R.official", "TrecQAReranking", "TwitterPIT2015",
+                        "TwitterURLCorpusTest", "WikiQAReranking"}
+  built = {name: t.build() for name, t in found.items()}
+  for name in ("STSBenchmark", "SICK-R", "Banking77Classification"):  # MTEB data: mteb's own task class
+    assert type(built[name]) is type(mteb.get_task(name)), name
+    # The injected data is in the evaluation layout; a dataset_transform would not run on it.
+    assert type(built[name]).dataset_transform is AbsTask.dataset_transform, name
+  for name, base in (("SICK-R.official", AbsTaskSTS), ("TwitterPIT2015", AbsTaskPairClassification),
+                     ("TwitterURLCorpusTest", AbsTaskPairClassification), ("MRPC", AbsTaskPairClassification),
+                     ("AGNewsTitlesClustering", AbsTaskClustering), ("WikiQAReranking", AbsTaskRetrieval),
+                     ("TrecQAReranking", AbsTaskRetrieval)):
+    assert isinstance(built[name], base) and type(built[name]) is local_tasks.STAND_INS[name], name
+  assert built["WikiQAReranking"].metadata.type == "Reranking"
+  assert built["AGNewsTitlesClustering"].max_fraction_of_documents_to_embed is None
+  for name, t in built.items():
+    assert t.data_loaded and t.eval_splits == ["test"], name
+    assert t.metadata.revision == local_tasks.files_revision(found[name].files), name
+  assert built["Banking77Classification"].dataset["train"].column_names == ["text", "label"]
+  pit = built["TwitterPIT2015"].dataset["test"]
+  assert pit["labels"] == [1, 0] and pit["sentence1"] == ["I love this movie"] * 2  # "----" pairs dropped
+  assert built["TwitterURLCorpusTest"].dataset["test"]["labels"] == [1, 0]
+  assert built["AGNewsTitlesClustering"].dataset["test"]["sentences"] == ["Title one, with comma", "Title two",
+                                                                         "Title three"]
+  trec = built["TrecQAReranking"].dataset["default"]["test"]
+  assert trec["queries"]["text"] == ["What is it ?"] and trec["corpus"]["text"] == ["It is a thing .", "No .",
+                                                                                      "Maybe ."]
+  assert trec["relevant_docs"] == {"q0": {"q0-d0": 1}} and trec["top_ranked"] == {"q0": ["q0-d0", "q0-d1",
+                                                                                          "q0-d2"]}
+  wiki = built["WikiQAReranking"].dataset["default"]["test"]
+  assert set(wiki["relevant_docs"]) == {"q0", "q1"} and len(wiki["queries"]) == 3  # q2 has no correct answer
+
+
+def test_sick_r_is_the_whole_corpus_with_the_official_test_split_as_an_extra():
+  found = {t.name: t for t in local.discover(os.path.join(FORMATS, "sick"))}
+  whole, official = found["SICK-R"].build(), found["SICK-R.official"].build()
+  assert len(whole.dataset["test"]) == 3 + 2 + 2 and len(official.dataset["test"]) == 2
+  assert official.dataset["test"]["score"] == [4.8, 1.2]
+  assert official.metadata.adapted_from == ["SICK-R"]
+  dev = {t.name: t for t in local.discover(os.path.join(FORMATS, "sick"), "dev")}
+  assert list(dev) == ["SICK-R.official"] and dev["SICK-R.official"].build().dataset["dev"]["score"] == [4.6, 2.2]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_EVAL, "sick")), reason="../shared not available")
+def test_shared_eval_sets():
+  found = {t.name: t for t in local.discover(SHARED_EVAL)}
+  assert set(found) == {"STSBenchmark", "SICK-R", "SICK-R.official", "Banking77Classification", "SciFact",
+                        "TwitterPIT2015", "TwitterURLCorpusTest", "MRPC", "AGNewsTitlesClustering",
+                        "WikiQAReranking", "TrecQAReranking"}
+  assert len(found["SICK-R"].read()["score"]) == 9927 and len(found["SICK-R.official"].read()["score"]) == 4927
+  assert len(found["STSBenchmark"].read()["score"]) == 1379
+  assert len(found["TwitterPIT2015"].read()["label"]) == 838
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scores (mteb's evaluators) vs independent computations
+
+
+def test_sts(evaluated, inst):
+  out, summary, _ = evaluated
+  row = _row(summary, "STSBenchmark")
+  assert row["metric"] == "cosine_spearman" and row["instruction"] == "represent the statement: "
   s1, s2, gold = [], [], []
   with open(os.path.join(FIXTURES, "stsbenchmark", "sts-test.csv"), encoding="utf-8") as f:
     for line in f:
@@ -75,26 +181,22 @@ def test_sts_benchmark_layout(encoder, table, inst, tmp_path):
       s1.append(cols[5])
       s2.append(cols[6])
   assert len(gold) == 40 and any('"' in s for s in s1 + s2)
-  instruction = "represent the statement: "
-  e1 = inst.encode([[instruction, s] for s in s1])
-  e2 = inst.encode([[instruction, s] for s in s2])
-  cos = np.sum(_unit(e1) * _unit(e2), -1)
-  assert row["score"] == pytest.approx(spearmanr(gold, cos)[0], abs=1e-6)
+  e1 = inst.encode([["represent the statement: ", s] for s in s1])
+  e2 = inst.encode([["represent the statement: ", s] for s in s2])
+  assert row["score"] == pytest.approx(spearmanr(gold, np.sum(_unit(e1) * _unit(e2), -1))[0], abs=1e-6)
 
 
-def test_classification(encoder, table, inst, tmp_path):
+def test_classification(evaluated, inst, table):
   from sklearn.linear_model import LogisticRegression
-  row, scores = _run(encoder, table, "banking77", tmp_path)
-  assert row["task"] == "Banking77Classification" and row["metric"] == "accuracy"
-  import csv
+  out, summary, _ = evaluated
+  row = _row(summary, "Banking77Classification")
   read = lambda s: list(csv.DictReader(open(os.path.join(FIXTURES, "banking77", f"{s}.csv"), encoding="utf-8")))
   train, test = read("train"), read("test")
   instruction = table["Classification"]["Banking77Classification"]
   xtr = inst.encode([[instruction, r["text"]] for r in train])
   xte = inst.encode([[instruction, r["text"]] for r in test])
-  ytr = np.array([r["category"] for r in train])
-  yte = np.array([r["category"] for r in test])
-  # MTEB protocol: 10 experiments, 8 examples per label (re-shuffled with RandomState(42) each time), LR(max_iter=100).
+  ytr, yte = np.array([r["category"] for r in train]), np.array([r["category"] for r in test])
+  # MTEB's protocol: 10 experiments, 8 examples per label (re-shuffled with RandomState(42) each time), LR.
   idxs, accs = list(range(len(train))), []
   for _ in range(10):
     np.random.RandomState(42).shuffle(idxs)
@@ -103,15 +205,15 @@ def test_classification(encoder, table, inst, tmp_path):
       if count.get(ytr[i], 0) < 8:
         sel.append(i)
         count[ytr[i]] = count.get(ytr[i], 0) + 1
-    pred = LogisticRegression(max_iter=100).fit(xtr[sel], ytr[sel]).predict(xte)
+    pred = LogisticRegression(max_iter=100, random_state=42).fit(xtr[sel], ytr[sel]).predict(xte)
     accs.append(np.mean(pred == yte))
   assert row["score"] == pytest.approx(np.mean(accs), abs=1e-9)
-  assert len(scores["scores_per_experiment"]) == 10
+  assert len(_result(out, row)["scores_per_experiment"]) == 10
 
 
-def test_retrieval_beir(encoder, table, inst, tmp_path):
-  row, scores = _run(encoder, table, "retrieval-synthetic", tmp_path)
-  assert row["metric"] == "ndcg_at_10"
+def test_retrieval(evaluated, inst):
+  out, summary, _ = evaluated
+  row = _row(summary, "retrieval-synthetic")
   folder = os.path.join(FIXTURES, "retrieval-synthetic")
   corpus = [json.loads(l) for l in open(os.path.join(folder, "corpus.jsonl"))]
   queries = {q["_id"]: q["text"] for q in map(json.loads, open(os.path.join(folder, "queries.jsonl")))}
@@ -119,113 +221,197 @@ def test_retrieval_beir(encoder, table, inst, tmp_path):
   for line in open(os.path.join(folder, "qrels", "test.tsv")).read().splitlines()[1:]:
     q, d, s = line.split("\t")
     qrels.setdefault(q, {})[d] = int(s)
-  qi = ev.instruction_for(table, "Retrieval", "retrieval-synthetic", "query")
-  ci = ev.instruction_for(table, "Retrieval", "retrieval-synthetic", "corpus")
+  qi, ci = enc.GENERIC["Retrieval"]["query"], enc.GENERIC["Retrieval"]["document"]
+  assert (row["instruction"], row["document_instruction"]) == (qi, ci)
   d = _unit(inst.encode([[ci, (c["title"] + " " + c["text"]).strip()] for c in corpus]))
   ndcgs = []
   for q, rel in qrels.items():
-    sims = d @ _unit(inst.encode([[qi, queries[q]]]))[0]
-    ranked = [corpus[i]["_id"] for i in np.argsort(-sims)[:10]]
-    dcg = sum((2 ** rel.get(doc, 0) - 1) / np.log2(r + 2) for r, doc in enumerate(ranked))
-    ideal = sorted(rel.values(), reverse=True)[:10]
-    idcg = sum((2 ** g - 1) / np.log2(r + 2) for r, g in enumerate(ideal))
+    ranked = [corpus[i]["_id"] for i in np.argsort(-(d @ _unit(inst.encode([[qi, queries[q]]]))[0]))[:10]]
+    # trec_eval's nDCG (pytrec_eval, as mteb): the gain is the relevance grade itself.
+    dcg = sum(rel.get(doc, 0) / np.log2(r + 2) for r, doc in enumerate(ranked))
+    idcg = sum(g / np.log2(r + 2) for r, g in enumerate(sorted(rel.values(), reverse=True)[:10]))
     ndcgs.append(dcg / idcg)
-  assert row["score"] == pytest.approx(np.mean(ndcgs), abs=1e-4)  # pytrec_eval rounds to 4 digits internally
+  assert row["metric"] == "ndcg_at_10" and row["score"] == pytest.approx(np.mean(ndcgs), abs=1e-5)  # mteb rounds
 
 
-def test_clustering_task_json(encoder, table, inst, tmp_path):
-  from sklearn.cluster import MiniBatchKMeans
-  from sklearn.metrics import v_measure_score
-  row, _ = _run(encoder, table, "clustering-synthetic", tmp_path)
-  assert row["task"] == "SyntheticClustering" and row["metric"] == "v_measure"
-  rows = [json.loads(l) for l in open(os.path.join(FIXTURES, "clustering-synthetic", "test.jsonl"))]
-  x = inst.encode([["Represent the sentence for clustering by topic: ", r["text"]] for r in rows])
-  km = MiniBatchKMeans(n_clusters=3, batch_size=500, n_init="auto", random_state=42).fit(x)
-  assert row["score"] == pytest.approx(v_measure_score([r["label"] for r in rows], km.labels_), abs=1e-9)
-
-
-def test_pair_classification(encoder, table, inst, tmp_path):
+def test_pair_classification(evaluated, inst):
   from sklearn.metrics import average_precision_score
-  row, scores = _run(encoder, table, "pairclassification-synthetic", tmp_path)
-  assert row["metric"] == "max_ap"
+  out, summary, _ = evaluated
+  row = _row(summary, "pairclassification-synthetic")
   lines = open(os.path.join(FIXTURES, "pairclassification-synthetic", "test.tsv")).read().splitlines()[1:]
   a, b, y = zip(*(l.split("\t") for l in lines))
-  instruction = ev.instruction_for(table, "PairClassification", "x")
+  instruction = enc.GENERIC["PairClassification"]
   e1, e2 = inst.encode([[instruction, s] for s in a]), inst.encode([[instruction, s] for s in b])
   ap = average_precision_score([int(v) for v in y], np.sum(_unit(e1) * _unit(e2), -1))
-  assert scores["cosine_ap"] == pytest.approx(ap, abs=1e-9)
-  assert row["score"] == pytest.approx(max(scores[f"{k}_ap"] for k in ("cosine", "dot", "euclidean", "manhattan")))
+  scores = _result(out, row)
+  assert scores["cosine_ap"] == pytest.approx(ap, abs=1e-6)
+  assert row["metric"] == "max_ap" and row["score"] == pytest.approx(
+      max(scores[f"{k}_ap"] for k in ("similarity", "cosine", "dot", "euclidean", "manhattan")))
 
 
-def test_reranking(encoder, table, inst, tmp_path):
-  row, scores = _run(encoder, table, "reranking-synthetic", tmp_path)
-  assert row["metric"] == "map" and scores["num_queries"] == 3  # the query without positives is skipped
-  qi = ev.instruction_for(table, "Reranking", "x", "query")
-  ci = ev.instruction_for(table, "Reranking", "x", "corpus")
+def test_reranking(evaluated, inst):
+  out, summary, _ = evaluated
+  row = _row(summary, "reranking-synthetic")
+  qi, ci = enc.GENERIC["Reranking"]["query"], enc.GENERIC["Reranking"]["document"]
   aps = []
   for s in map(json.loads, open(os.path.join(FIXTURES, "reranking-synthetic", "test.jsonl"))):
     if not s["positive"]:
-      continue
+      continue  # mteb scores queries with a relevant candidate only
     docs = s["positive"] + s["negative"]
     sims = _unit(inst.encode([[ci, d] for d in docs])) @ _unit(inst.encode([[qi, s["query"]]]))[0]
     rel = [1 if i < len(s["positive"]) else 0 for i in np.argsort(-sims)]
     hits = np.cumsum(rel)
     aps.append(np.sum([hits[i] / (i + 1) for i in range(len(rel)) if rel[i]]) / sum(rel))
-  assert row["score"] == pytest.approx(np.mean(aps), abs=1e-9)
+  assert row["metric"] == "map_at_1000" and row["score"] == pytest.approx(np.mean(aps), abs=1e-4)
 
 
-def test_readers_of_other_real_layouts():
-  f = os.path.join(FIXTURES, "formats")
-  pit = local.detect(os.path.join(f, "twitter-semeval2015"))
-  assert (pit.type, pit.mteb_name) == ("PairClassification", "TwitterSemEval2015")
-  assert pit.load()["label"] == [1, 0]  # "----" dropped
-  assert local.detect(os.path.join(f, "twitter-semeval2015"), "dev").load()["label"] == [1, 0]
-  url = local.detect(os.path.join(f, "twitter-url"))
-  assert (url.mteb_name, url.load()["label"]) == ("TwitterURLCorpus", [1, 0])
-  msrp = local.detect(os.path.join(f, "msrp")).load()
-  assert msrp["label"] == [1, 0] and msrp["sentence1"][0] == "A b c."
-  ag = local.detect(os.path.join(f, "agnews"))
-  assert ag.type == "Clustering" and ag.load() == {"text": ["Title one, with comma", "Title two", "Title three"],
-                                                   "label": ["1", "2", "1"]}
-  wiki = local.detect(os.path.join(f, "wikiqa"))
-  assert wiki.type == "Reranking" and len(wiki.load()["samples"]) == 3
-  trec = local.detect(os.path.join(f, "trecqa")).load()["samples"]
-  assert trec == [{"query": "What is it ?", "positive": ["It is a thing ."], "negative": ["No .", "Maybe ."]}]
-  sick = local.detect(os.path.join(f, "sick"))
-  assert (sick.name, sick.type, sick.load()["score"]) == ("SICK-R", "STS", [4.8, 1.2])
+def test_clustering_uses_mteb_bootstrap(evaluated):
+  out, summary, _ = evaluated
+  row = _row(summary, "SyntheticClustering")
+  scores = _result(out, row)
+  assert row["metric"] == "v_measure" and row["instruction_source"] == "task.json"
+  assert row["instruction"] == "Represent the sentence for clustering by topic: "
+  assert len(scores["v_measures"]["Level 0"]) == 10 and scores["v_measure"] == pytest.approx(
+      np.mean(scores["v_measures"]["Level 0"]))
 
 
-SHARED_EVAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval")
-
-
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_EVAL, "stsbenchmark")), reason="../shared not available")
-def test_shared_eval_sets_are_detected():
-  tasks = {t.name: t for t in local.discover(SHARED_EVAL)}
-  assert tasks["STSBenchmark"].type == "STS" and len(tasks["STSBenchmark"].load()["score"]) == 1379
-  assert {"SciFact", "Banking77Classification", "SICK-R", "TwitterSemEval2015", "TwitterURLCorpus", "wikiqa",
-          "trecqa", "agnews", "msrp"} <= set(tasks)
-
-
-def test_cli_all_fixtures_summary_and_cache(model_dir, tmp_path, capsys):
+def test_stand_in_tasks_through_the_cli(model_dir, tmp_path, table):
   out = str(tmp_path / "out")
-  args = ["--model", model_dir, "--data-dir", FIXTURES, "--output", out, "--max-length", str(MAX_LEN)]
-  assert ev.main(args) == 0
-  first = capsys.readouterr().out
-  names = {"STSBenchmark", "Banking77Classification", "SyntheticClustering", "retrieval-synthetic",
-           "pairclassification-synthetic", "reranking-synthetic"}
-  assert {n for n in names if os.path.exists(os.path.join(out, f"{n}.json"))} == names
-  summary = open(os.path.join(out, "summary.md")).read()
+  assert ev.main(["--model", model_dir, "--data-dir", FORMATS, "--output", out, "--max-length", str(MAX_LEN),
+                  "--cache-dir", "none"]) == 0
+  rows = {r["task"]: r for r in json.load(open(os.path.join(out, "summary.json")))["tasks"]}
+  assert set(rows) == {"AGNewsTitlesClustering", "MRPC", "SICK-R", "SICK-R.official", "TrecQAReranking",
+                       "TwitterPIT2015", "TwitterURLCorpusTest", "WikiQAReranking"}
+  assert all(np.isfinite(r["score"]) for r in rows.values())
+  assert rows["SICK-R"]["instruction"] == rows["SICK-R.official"]["instruction"] == table["STS"]["SICK-R"]
+  for name in ("MRPC", "TwitterPIT2015", "TwitterURLCorpusTest"):
+    assert rows[name]["instruction"] == enc.GENERIC["PairClassification"], name
+  assert rows["WikiQAReranking"]["instruction"] == enc.GENERIC["Reranking"]["query"]
+  assert rows["TrecQAReranking"]["document_instruction"] == enc.GENERIC["Reranking"]["document"]
+  assert rows["AGNewsTitlesClustering"]["instruction_source"] == "generic Clustering"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results: MTEB's layout, read with mteb's classes; summary; embedding cache
+
+
+def test_results_in_mteb_layout_load_with_mteb_classes(evaluated, model_dir):
+  from mteb.models.model_meta import ModelMeta
+  from mteb.results import TaskResult
+  out, summary, _ = evaluated
+  revision = model_lib.folder_revision(model_dir)
+  folder = os.path.join(out, "results", "local__m", revision)
+  names = {r["task"] for r in summary["tasks"]}
+  assert sorted(os.listdir(folder)) == sorted([f"{n}.json" for n in names] + ["model_meta.json",
+                                                                              "run_settings.jsonl"])
+  meta = ModelMeta.model_validate_json_resolved(open(os.path.join(folder, "model_meta.json")).read())
+  assert (meta.name, meta.revision, meta.framework, meta.embed_dim) == ("local/m", revision, ["JAX"], 24)
+  for row in summary["tasks"]:
+    r = TaskResult.from_disk(pathlib.Path(out, row["result"]))
+    assert r.task_name == row["task"] and r.get_score() == pytest.approx(row["score"])
+    assert r.dataset_revision.startswith("local-")
+    entry = r.scores["test"][0]
+    assert entry["instructions"]["source"] == row["instruction_source"]
+  loaded = mteb.ResultCache(out).load_results(require_model_meta=True, include_remote=False)
+  [model_result] = loaded.model_results
+  assert (model_result.model_name, model_result.model_revision) == ("local/m", revision)
+  assert {t.task_name: t.get_score() for t in model_result.task_results} == pytest.approx(
+      {r["task"]: r["score"] for r in summary["tasks"]})
+  md = open(os.path.join(out, "summary.md")).read()
   for t in ("STS", "Classification", "Clustering", "Retrieval", "PairClassification", "Reranking", "**all**"):
-    assert f"| {t} |" in summary
-  s = json.load(open(os.path.join(out, "summary.json")))
-  assert set(s["type_averages"]) == {"STS", "Classification", "Clustering", "Retrieval", "PairClassification",
-                                     "Reranking"}
-  assert "0 hits" in first
-  # Re-run: every embedding comes from the cache, same scores.
-  assert ev.main(args) == 0
+    assert f"| {t} |" in md
+  assert summary["average"] == pytest.approx(np.mean([r["score"] for r in summary["tasks"]]))
+  assert (summary["name"], summary["revision"], summary["failed"]) == ("local/m", revision, [])
+
+
+def test_rerun_reads_every_embedding_from_the_cache(evaluated, model_dir, capsys):
+  out, summary, first = evaluated
+  assert " 0 hits" in first
+  assert ev.main(["--model", model_dir, "--data-dir", FIXTURES, "--output", out, "--max-length", str(MAX_LEN)]) == 0
   second = capsys.readouterr().out
-  assert " 0 misses" in second
-  assert json.load(open(os.path.join(out, "summary.json")))["tasks"] == s["tasks"]
+  assert " 0 misses" in second and " 0 hits" not in second
+  again = json.load(open(os.path.join(out, "summary.json")))["tasks"]
+  assert [(r["task"], r["score"]) for r in again] == [(r["task"], r["score"]) for r in summary["tasks"]]
+
+
+def test_demo_rerun_reuses_its_embedding_cache(model_dir, tmp_path, capsys):
+  """As train.finish does: evaluate WORKDIR into WORKDIR/eval, export WORKDIR/export with the results; a rerun
+  finds the same revision (the workdir changed, the checkpoint did not) and every embedding in the cache."""
+  from instructor_jax import convert
+  work = str(tmp_path / "demo")
+  assert convert.main(["from-hf", "--model", model_dir, "--out", work]) == 0
+  args = ["--model", work, "--data-dir", os.path.join(FIXTURES, "stsbenchmark"), "--output",
+          os.path.join(work, "eval"), "--max-length", str(MAX_LEN)]
+  assert ev.main(args) == 0
+  assert " 0 hits, 2 misses" in capsys.readouterr().out
+  assert convert.main(["to-hf", "--checkpoint", work, "--out", os.path.join(work, "export"), "--overwrite",
+                       "--eval-results", os.path.join(work, "eval")]) == 0
+  assert "STSBenchmark" in open(os.path.join(work, "export", "README.md")).read()
+  assert ev.main(args) == 0
+  assert "2 hits, 0 misses" in capsys.readouterr().out
+  assert len(os.listdir(os.path.join(work, "eval", ".embedding_cache"))) == 1
+  assert len(os.listdir(os.path.join(work, "eval", "results", "local__demo"))) == 1
+
+
+def test_revision_follows_the_weights_not_the_card(model_dir, tmp_path):
+  copy = str(tmp_path / "copy")
+  shutil.copytree(model_dir, copy)
+  with open(os.path.join(copy, "README.md"), "a") as f:
+    f.write("\nedited card\n")
+  os.makedirs(os.path.join(copy, ".cache"))
+  assert model_lib.folder_revision(copy) == model_lib.folder_revision(model_dir)
+  weights = os.path.join(copy, "model.safetensors")
+  data = bytearray(open(weights, "rb").read())
+  data[-1] ^= 1
+  open(weights, "wb").write(bytes(data))
+  assert model_lib.folder_revision(copy) != model_lib.folder_revision(model_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The encoder as an MTEB model
+
+
+def test_encoder_through_mteb_evaluate_on_mock_tasks(model_dir, table):
+  from mteb.mocks.mock_run import get_compatible_mock_tasks
+  model = enc.InstructorEncoder.from_pretrained(model_dir, max_length=MAX_LEN, progress=False)
+  meta = model.mteb_model_meta
+  assert (meta.framework, meta.name, meta.use_instructions) == (["JAX"], "local/m", True)
+  wanted = {"MockSTSTask", "MockClassificationTask", "MockClusteringTask", "MockPairClassificationTask",
+            "MockRerankingTask", "MockRetrievalTask"}
+  mocks = [t for t in get_compatible_mock_tasks(model) if t.metadata.name in wanted]
+  assert {t.metadata.name for t in mocks} == wanted
+  results = mteb.evaluate(model, mocks, cache=None, raise_error=True, show_progress_bar=False)
+  assert {r.task_name for r in results.task_results} == wanted
+  assert all(np.isfinite(r.get_score()) for r in results.task_results)
+  retrieval = model.instructions_used("MockRetrievalTask")
+  assert retrieval["query"] == enc.GENERIC["Retrieval"]["query"] != retrieval["document"]
+  assert model.instructions_used("MockSTSTask") == {"text": enc.GENERIC["STS"], "source": "generic STS"}
+  # ModelMeta.load_model() rebuilds the same encoder through its loader.
+  again = meta.load_model()
+  assert isinstance(again, enc.InstructorEncoder) and again.mteb_model_meta.revision == meta.revision
+
+
+def test_orbax_checkpoint_and_torch_backend_give_the_same_scores(model_dir, tmp_path):
+  """--model accepts an orbax workdir (from-hf) and --backend torch (T5EncoderModel) agrees with jax."""
+  from instructor_jax import convert
+  work = str(tmp_path / "work")
+  assert convert.main(["from-hf", "--model", model_dir, "--out", work]) == 0
+  scores, frameworks = {}, {}
+  for name, model, backend in (("jax", model_dir, "jax"), ("orbax", work, "jax"), ("torch", model_dir, "torch"),
+                               ("orbax-torch", work, "torch")):
+    out = str(tmp_path / name)
+    assert ev.main(["--model", model, "--backend", backend, "--data-dir", os.path.join(FIXTURES, "stsbenchmark"),
+                    "--output", out, "--max-length", str(MAX_LEN)]) == 0
+    s = json.load(open(os.path.join(out, "summary.json")))
+    scores[name] = s["tasks"][0]["score"]
+    frameworks[name] = json.load(open(os.path.join(out, s["tasks"][0]["result"].rsplit("/", 1)[0],
+                                                   "model_meta.json")))["framework"]
+  assert max(scores.values()) - min(scores.values()) < 1e-5, scores
+  assert frameworks == {"jax": ["JAX"], "orbax": ["JAX"], "torch": ["PyTorch"], "orbax-torch": ["PyTorch"]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
 
 
 def test_cli_no_instructions_and_task_filter(model_dir, inst, tmp_path):
@@ -234,10 +420,44 @@ def test_cli_no_instructions_and_task_filter(model_dir, inst, tmp_path):
                   "--no-instructions", "--max-length", str(MAX_LEN), "--cache-dir", "none"]) == 0
   s = json.load(open(os.path.join(out, "summary.json")))
   assert [t["task"] for t in s["tasks"]] == ["STSBenchmark"] and s["tasks"][0]["instruction"] == ""
+  assert s["tasks"][0]["instruction_source"] == "none" and s["instructions"] == "none"
   lines = [l.split("\t") for l in open(os.path.join(FIXTURES, "stsbenchmark", "sts-test.csv")).read().splitlines()]
   e1, e2 = inst.encode([c[5] for c in lines]), inst.encode([c[6] for c in lines])
   want = spearmanr([float(c[4]) for c in lines], np.sum(_unit(e1) * _unit(e2), -1))[0]
   assert s["tasks"][0]["score"] == pytest.approx(want, abs=1e-6)
+  assert ev.main(["--model", model_dir, "--data-dir", FIXTURES, "--tasks", "NoSuchTask", "--output", out]) == 1
+
+
+def test_list_tasks(model_dir, capsys):
+  assert ev.main(["--list-tasks", "--data-dir", FORMATS, "--model", model_dir]) == 0
+  text = capsys.readouterr().out
+  rows = {l.split(" | ")[0].strip("| "): l for l in text.splitlines() if l.startswith("| ") and " local " in l}
+  assert set(rows) == {"AGNewsTitlesClustering", "MRPC", "SICK-R", "SICK-R.official", "TrecQAReranking",
+                       "TwitterPIT2015", "TwitterURLCorpusTest", "WikiQAReranking"}
+  assert "| STS |" in rows["SICK-R"] and "table hkunlp/instructor-base" in rows["SICK-R"]
+  assert "(SICK-R, adapted_from)" in rows["SICK-R.official"] and "generic Reranking" in rows["WikiQAReranking"]
+  assert ev.main(["--list-tasks", "--tasks", "SciFact,STSBenchmark.v2"]) == 0
+  text = capsys.readouterr().out
+  scifact = next(l for l in text.splitlines() if l.startswith("| SciFact |"))
+  assert "Represent a Scientific query" in scifact and "represent the Scientific passage" in scifact
+  assert "(STSBenchmark, adapted_from)" in next(l for l in text.splitlines() if l.startswith("| STSBenchmark.v2 |"))
+  assert ev.main(["--list-tasks"]) == 0
+  text = capsys.readouterr().out
+  assert "| Banking77Classification | Classification | mteb |" in text and "generic Retrieval" in text
+
+
+def test_offline_mteb_task_fails_clearly(model_dir, tmp_path, capsys, monkeypatch):
+  import datasets
+  from huggingface_hub import constants
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
+  monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+  monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+  out = str(tmp_path / "out")
+  assert ev.main(["--model", model_dir, "--tasks", "STSBenchmark", "--output", out, "--max-length", "32"]) == 1
+  err = capsys.readouterr().err
+  assert "error: STSBenchmark:" in err and "--data-dir" in err and "no summary written" in err
+  assert not os.path.exists(os.path.join(out, "summary.json"))
 
 
 @pytest.mark.parametrize("case", ["score", "columns", "json", "missing_column"])
@@ -263,46 +483,13 @@ def test_unreadable_data_names_file_and_line(model_dir, tmp_path, capsys, case):
   assert code == 1 and want in err, err
 
 
-def test_mteb_mock_tasks_through_wrapper(encoder, table, inst, tmp_path, monkeypatch):
-  import mteb
-  from mteb.mocks.mock_run import get_compatible_mock_tasks
-  model = ev.mteb_encoder(encoder, table, name="test/tiny", embed_dim=inst.dim)
-  wanted = {"MockSTSTask", "MockClassificationTask", "MockClusteringTask", "MockPairClassificationTask",
-            "MockRerankingTask", "MockRetrievalTask"}
-  tasks = [t for t in get_compatible_mock_tasks(model) if t.metadata.name in wanted]
-  assert {t.metadata.name for t in tasks} == wanted
-  results = mteb.evaluate(model, tasks, cache=None, raise_error=True, show_progress_bar=False)
-  assert {r.task_name for r in results.task_results} == wanted
-  for r in results.task_results:
-    assert np.isfinite(r.get_score())
-  used = model.instructions_used
-  assert used["MockRetrievalTask/query"] != used["MockRetrievalTask/corpus"]
-  assert used["MockSTSTask/query"] == ev.instruction_for(table, "STS", "MockSTSTask")
-  # The CLI path: MTEB-format JSON per task (readable by mteb) and the summary.
-  monkeypatch.setattr(ev, "select_mteb_tasks", lambda specs: [t for t in tasks if t.metadata.name in specs])
-  rows, failed = ev.run_mteb(encoder, table, ["MockSTSTask", "MockRetrievalTask"], str(tmp_path), "test/tiny",
-                             inst.dim, log=lambda *a: None)
-  assert failed == []
-  assert sorted(r["task"] for r in rows) == ["MockRetrievalTask", "MockSTSTask"]
-  for r in rows:
-    saved = json.load(open(tmp_path / f"{r['task']}.json"))
-    assert saved["task_name"] == r["task"] and "mteb_version" in saved
-    assert np.mean([s[0]["main_score"] for s in saved["scores"].values()]) == pytest.approx(r["score"])
-  md = ev.write_summary(rows, str(tmp_path), "tiny", {"backend": "jax"})
-  assert "| STS | 1 |" in md and "| Retrieval | 1 |" in md
-
-
-def test_orbax_checkpoint_and_torch_backend_give_the_same_scores(model_dir, tmp_path):
-  """--model accepts an orbax workdir (from-hf) and --backend torch (T5EncoderModel) agrees with jax."""
-  from instructor_jax import convert
-  pytest.importorskip("instructor_jax.checkpoints")
-  work = str(tmp_path / "work")
-  assert convert.main(["from-hf", "--model", model_dir, "--out", work]) == 0
-  scores = {}
-  for name, model, backend in (("jax", model_dir, "jax"), ("orbax", work, "jax"), ("torch", model_dir, "torch"),
-                               ("orbax-torch", work, "torch")):
-    out = str(tmp_path / name)
-    assert ev.main(["--model", model, "--backend", backend, "--data-dir", os.path.join(FIXTURES, "stsbenchmark"),
-                    "--output", out, "--max-length", str(MAX_LEN)]) == 0
-    scores[name] = json.load(open(os.path.join(out, "summary.json")))["tasks"][0]["score"]
-  assert max(scores.values()) - min(scores.values()) < 1e-5, scores
+def test_readers_of_the_real_layouts():
+  assert readers.read_msrp(os.path.join(FORMATS, "msrp", "msr_paraphrase_test.txt")) == {
+      "sentence1": ["A b c.", "X y."], "sentence2": ["A b c d.", "Z w."], "label": [1, 0]}
+  assert readers.read_pit(os.path.join(FORMATS, "twitter-semeval2015"), "dev")["label"] == [1, 0]  # (2, 3) dropped
+  assert readers.read_agnews(os.path.join(FORMATS, "agnews", "test.csv"))["label"] == ["1", "2", "1"]
+  assert readers.read_trecqa(os.path.join(FORMATS, "trecqa", "TEST.xml"))["samples"] == [
+      {"query": "What is it ?", "positive": ["It is a thing ."], "negative": ["No .", "Maybe ."]}]
+  beir = readers.read_beir(os.path.join(FIXTURES, "retrieval-synthetic"), "test")
+  assert beir["corpus"]["d1"] == {"title": "Llamas", "text": "The llama is a domesticated South American camelid "
+                                                             "used as a pack animal."}
