@@ -36,7 +36,7 @@ import numpy as np
 
 from instructor_jax.evaluation import local, model as model_lib
 from instructor_jax.evaluation.encoder import Instructions, InstructorEncoder, load_instruction_table
-from instructor_jax.evaluation.readers import DataError
+from instructor_jax.errors import UserError, debug_enabled, report
 
 load_embedder = model_lib.load_embedder  # (embedder, ModelInfo, d_model, cleanup): the demo test and test_bert use it
 # INSTRUCTOR's task types; with --list-tasks and no --tasks, the English MTEB tasks of these types are listed.
@@ -214,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (jax backend)")
   p.add_argument("--cache-dir", help="embedding cache (default OUTPUT/.embedding_cache); 'none' disables it")
   p.add_argument("--list-tasks", action="store_true", help="print the tasks with type and instructions and exit")
+  p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
   p.add_argument("--help-formats", action="store_true", help="print the local data layouts and exit")
   args = p.parse_args(argv)
   if args.help_formats:
@@ -237,9 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model, backend=args.backend, max_length=args.max_length, dtype=args.dtype,
         instructions=args.instructions, no_instructions=args.no_instructions, task_instructions=task_instructions,
         cache_dir=cache_dir, batch_size=args.batch_size, name=args.model_name)
-  except (DataError, ValueError, FileNotFoundError) as e:  # ConvertError / CheckpointError are ValueErrors
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except (UserError, ValueError, FileNotFoundError) as e:  # bad data, model, instructions: one line
+    if args.debug or debug_enabled():
+      raise
+    return report(e)
   try:
     os.makedirs(args.output, exist_ok=True)
     meta = encoder.mteb_model_meta

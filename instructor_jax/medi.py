@@ -308,7 +308,7 @@ def _raw_array(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediErr
           if cut and more():
             continue
           err = e
-          if cut and e.pos >= len(buf) - _TAIL:  # the data ends inside this record
+          if cut:  # and no more data: the file ends inside this record
             yield index, start_line, "", None, MediError(
                 path, start_line, index, "truncated",
                 f"the file ends inside this record ({e.msg}): the file is truncated")

@@ -282,7 +282,7 @@ def test_export_keeps_the_sentence_transformers_layout(st_dir, dense_dir, tmp_pa
   assert [m["path"] for m in json.load(open(os.path.join(out2, "modules.json")))] == [
       "", "1_Pooling", "2_Dense", "3_Normalize"]
   reference.assert_same_folders(dense_dir, out2)
-  assert convert.main(["to-hf", "--model", st_dir, "--out", str(tmp_path / "legacy"), "--legacy-instructor"]) == 1
+  assert convert.main(["to-hf", "--model", st_dir, "--out", str(tmp_path / "legacy"), "--legacy-instructor"]) == 2
 
 
 def test_orbax_round_trip_meta_and_eval_backends(st_dir, tmp_path):

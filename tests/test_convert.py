@@ -151,7 +151,7 @@ def test_verification_failure_exits_nonzero_and_keeps_previous(tmp_path, src, mo
   assert _tmp_leftovers(tmp_path) == []
   # Without --overwrite an existing folder is an error before any work.
   monkeypatch.setattr(convert, "write_folder", real)
-  assert convert.main(["to-hf", "--model", src, "--out", out]) == 1
+  assert convert.main(["to-hf", "--model", src, "--out", out]) == 2
 
 
 def test_vocab_smaller_than_tokenizer_is_refused(tmp_path):
@@ -180,7 +180,7 @@ def test_orbax_round_trip(tmp_path, src):
     pytest.skip("checkpoints.py has no save_params / restore_params yet")
   work = str(tmp_path / "work")
   assert convert.main(["from-hf", "--model", src, "--out", work]) == 0
-  assert convert.main(["from-hf", "--model", src, "--out", work]) == 1  # refuses a workdir with checkpoints
+  assert convert.main(["from-hf", "--model", src, "--out", work]) == 2  # refuses a workdir with checkpoints
   out = str(tmp_path / "back")
   assert convert.main(["to-hf", "--checkpoint", work, "--out", out]) == 0
   a, b = hf.read_folder(src), hf.read_folder(out)

@@ -425,7 +425,7 @@ def test_cli_no_instructions_and_task_filter(model_dir, inst, tmp_path):
   e1, e2 = inst.encode([c[5] for c in lines]), inst.encode([c[6] for c in lines])
   want = spearmanr([float(c[4]) for c in lines], np.sum(_unit(e1) * _unit(e2), -1))[0]
   assert s["tasks"][0]["score"] == pytest.approx(want, abs=1e-6)
-  assert ev.main(["--model", model_dir, "--data-dir", FIXTURES, "--tasks", "NoSuchTask", "--output", out]) == 1
+  assert ev.main(["--model", model_dir, "--data-dir", FIXTURES, "--tasks", "NoSuchTask", "--output", out]) == 2
 
 
 def test_list_tasks(model_dir, capsys):
@@ -480,7 +480,7 @@ def test_unreadable_data_names_file_and_line(model_dir, tmp_path, capsys, case):
     want = "test.tsv:2: missing column 'label'"
   code = ev.main(["--model", model_dir, "--data-dir", str(d), "--output", str(tmp_path / "out")])
   err = capsys.readouterr().err
-  assert code == 1 and want in err, err
+  assert code == 2 and want in err, err
 
 
 def test_readers_of_the_real_layouts():

@@ -365,3 +365,33 @@ def test_a_finished_workdir_is_read_only_for_eval_and_convert(tmp_path):
                        str(tmp_path / "export")], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
   assert cv.returncode == 0, cv.stderr[-3000:]
   assert _tree(wd) == before
+
+
+def _eval_cli(*args):
+  return subprocess.run([sys.executable, "-m", "instructor_jax.eval", "--model", TINY, *map(str, args)], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("constant", "every gold score is 3.0"), ("out_of_range", "outside the task's range [0, 5] (e.g. 7.5)"),
+    ("one_example", "1 pair(s); a score needs at least 2")])
+def test_eval_refuses_degenerate_gold_data_naming_the_file(tmp_path, case, expect):
+  folder = tmp_path / "stsbenchmark"
+  folder.mkdir()
+  scores = {"constant": [3.0] * 6, "out_of_range": [1.0, 2.0, 7.5, 4.0, 0.5, 3.0], "one_example": [2.0]}[case]
+  rows = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{s}\ta man is playing {i}\ta man plays {i}"
+          for i, s in enumerate(scores)]
+  (folder / "sts-test.csv").write_text("\n".join(rows) + "\n")
+  r = _eval_cli("--data-dir", folder, "--output", tmp_path / "out")
+  assert r.returncode == 2, r.stderr[-2000:]
+  line = r.stderr.strip().splitlines()[-1]
+  assert line.startswith(f"error: {folder}/sts-test.csv: ") and expect in line and "Traceback" not in r.stderr, line
+
+
+def test_eval_malformed_instructions_file_is_one_line(tmp_path):
+  bad = tmp_path / "instructions.json"
+  bad.write_text('{"STS": {"STSBenchmark": "Represent ...",}')
+  r = _eval_cli("--data-dir", os.path.join(ROOT, "tests", "fixtures", "eval", "stsbenchmark"), "--output",
+                tmp_path / "out", "--instructions", bad)
+  assert r.returncode == 2 and "Traceback" not in r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:1: invalid JSON in the instruction table")

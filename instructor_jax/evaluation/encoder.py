@@ -27,6 +27,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
 from instructor_jax.evaluation import model as model_lib
+from instructor_jax.evaluation.readers import DataError
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 INSTRUCTIONS_FILE = os.path.join(ASSETS, "instructor_mteb_instructions.json")
@@ -57,18 +58,23 @@ def load_instruction_table(spec: str | None, d_model: int | None = None) -> tupl
   """``({task type: {task: str | {"query", "corpus"}}}, its name)`` from a JSON file or a model key of the bundled
   table (``hkunlp/instructor-base|large|xl``; default: by ``d_model`` 768 / 1024 / 2048, else base)."""
   path = spec if spec and os.path.exists(spec) else INSTRUCTIONS_FILE
-  with open(path, encoding="utf-8") as f:
-    table = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      table = json.load(f)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{e.lineno}: invalid JSON in the instruction table ({e.msg}, column {e.colno})") from None
+  if not isinstance(table, Mapping):
+    raise DataError(f"{path}: the instruction table must be a JSON object, got {type(table).__name__}")
   name = path
   if any("/" in k for k in table):  # keyed by model
     if spec and not os.path.exists(spec) and spec not in table:
-      raise ValueError(f"--instructions {spec!r}: not a file nor one of {sorted(table)}")
+      raise DataError(f"--instructions {spec!r}: not a file nor one of {sorted(table)}")
     key = spec if spec in table else SIZE_BY_D_MODEL.get(d_model or 0, "hkunlp/instructor-base")
     key = key if key in table else sorted(table)[0]
     table, name = table[key], key if path == INSTRUCTIONS_FILE else f"{path}:{key}"
   for task_type, entries in table.items():
     if not isinstance(entries, Mapping):
-      raise ValueError(f"{path}: {task_type!r} must map task names to instructions, got {type(entries).__name__}")
+      raise DataError(f"{path}: {task_type!r} must map task names to instructions, got {type(entries).__name__}")
   return table, name
 
 

@@ -74,7 +74,10 @@ class LocalTask:
   instructions: dict | None = None   # task.json's own: {"text"} or {"query", "document"}
 
   def build(self):
-    return tasks.inject(self.make(), self.split, self.read(), self.files, self.folder)
+    task, data = self.make(), self.read()
+    score_range = (task.min_score, task.max_score) if self.type == "STS" and hasattr(task, "min_score") else None
+    readers.check(self.type, data, ", ".join(self.files) or self.folder, score_range)
+    return tasks.inject(task, self.split, data, self.files, self.folder)
 
 
 def _mteb(name: str) -> Callable[[], object]:

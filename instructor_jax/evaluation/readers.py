@@ -37,9 +37,44 @@ import re
 
 import numpy as np
 
+from instructor_jax import errors
 
-class DataError(ValueError):
-  """Unreadable task data; the message names the file (and line)."""
+
+class DataError(errors.DataError):
+  """Unreadable or unusable task data; the message names the file (and line)."""
+
+
+def check(task_type: str, data: dict, where: str, score_range: tuple | None = None) -> None:
+  """Task data that would give a meaningless score fails here, naming the file: fewer than two examples, constant
+  gold scores or labels (no correlation, no classes), gold STS scores outside the task's range, no query with a
+  relevant document, no reranking sample with both a positive and a negative."""
+  for split, part in (data.items() if task_type == "Classification" else [("", data)]):
+    if task_type in ("STS", "PairClassification"):
+      gold = part["score" if task_type == "STS" else "label"]
+      if len(gold) < 2:
+        raise DataError(f"{where}: {len(gold)} pair(s); a score needs at least 2")
+      if len(set(gold)) < 2:
+        raise DataError(f"{where}: every gold {'score' if task_type == 'STS' else 'label'} is {gold[0]}: a "
+                        f"correlation or a threshold is undefined on constant gold data")
+      if task_type == "STS" and score_range is not None:
+        low, high = score_range
+        bad = [g for g in gold if not low <= g <= high]
+        if bad:
+          raise DataError(f"{where}: {len(bad)} gold score(s) outside the task's range [{low}, {high}] "
+                          f"(e.g. {bad[0]})")
+    elif task_type in ("Classification", "Clustering"):
+      labels = part["label"]
+      if len(labels) < 2 or len(set(labels)) < 2:
+        raise DataError(f"{where}{': ' + split if split else ''}: {len(labels)} example(s) in {len(set(labels))} "
+                        f"class(es); {task_type.lower()} needs at least 2 of each")
+    elif task_type == "Retrieval":
+      if not any(any(v > 0 for v in docs.values()) for docs in part["qrels"].values()):
+        raise DataError(f"{where}: no query has a relevant document")
+      if len(part["corpus"]) < 2:
+        raise DataError(f"{where}: {len(part['corpus'])} document(s) in the corpus; retrieval needs at least 2")
+    elif task_type == "Reranking":
+      if not any(s["positive"] and s["negative"] for s in part["samples"]):
+        raise DataError(f"{where}: no sample has both a positive and a negative")
 
 
 # ----------------------------------------------------------------------------------------------------------------
