@@ -30,6 +30,7 @@ Public API for other stages (conversion / export):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 
@@ -136,6 +137,18 @@ def verify(where: str, stored: dict | None, got: dict) -> None:
     raise CheckpointError(f"{where}: checksum mismatch in {bad[0]}" +
                           (f" and {len(bad) - 1} more array(s)" if len(bad) > 1 else "") +
                           " (the files changed after they were written)")
+
+
+class _ReadOnlyNotes(logging.Filter):
+  """orbax warns on every read-only manager ("Given directory is read only", "setting save_interval_steps=0"):
+  reading is all we asked for, so those two notes are not shown."""
+
+  def filter(self, record):
+    msg = record.getMessage()
+    return not ("read only" in msg or "read_only=True" in msg)
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotes())
 
 
 def manager(workdir: str, max_to_keep: int | None = 3, async_save: bool = True, read_only: bool = False
@@ -298,6 +311,17 @@ class Checkpointer:
   def close(self):
     self.mgr.wait_until_finished()
     self.mgr.close()
+
+
+def is_checkpoint(path: str) -> bool:
+  """A training workdir (step folders, no ``config.json`` / ``modules.json``) or one of its step folders."""
+  if not os.path.isdir(path):
+    return False
+  names = os.listdir(path)
+  if "config.json" in names or "modules.json" in names:
+    return False
+  return any(n.isdigit() and os.path.isdir(os.path.join(path, n)) for n in names) or (
+      "params" in names and ("meta" in names or "_CHECKPOINT_METADATA" in names))
 
 
 def latest_step(workdir: str) -> int | None:

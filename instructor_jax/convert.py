@@ -276,12 +276,14 @@ def model_card(name: str, *, legacy: bool, dim: int, config: T5Config | BertConf
     lines += ["## Training configuration", "", "```json", json.dumps(training_config, indent=2, sort_keys=True,
                                                                       default=str), "```", ""]
   if eval_results:
-    lines += ["## Evaluation results", "", "| task | type | metric | score |", "|---|---|---|---|"]
+    lines += ["## Evaluation results", "", "MTEB main scores in points (x 100), as `instructor_jax.eval` prints them.",
+              "", "| task | type | metric | score |", "|---|---|---|---|"]
     for task, r in eval_results.items():
       if isinstance(r, Mapping):
-        lines.append(f"| {task} | {r.get('type', '')} | {r.get('metric', '')} | {float(r.get('score', 'nan')):.4f} |")
+        lines.append(f"| {task} | {r.get('type', '')} | {r.get('metric', '')} | "
+                     f"{100 * float(r.get('score', 'nan')):.2f} |")
       else:
-        lines.append(f"| {task} |  |  | {float(r):.4f} |")
+        lines.append(f"| {task} |  |  | {float(r):.4g} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -626,8 +628,8 @@ def _meta_get(meta: Mapping[str, Any], *names, default=None):
 
 
 def load_checkpoint(path: str):
-  """``(params, hf_config, normalize, tokenizer_dir, max_seq_length, training_config)`` from an orbax workdir
-  (latest step) or ``WORKDIR/STEP``, through the trainer's ``checkpoints.restore_params``."""
+  """``(params, hf_config, normalize, tokenizer_dir, max_seq_length, training_config, step)`` from an orbax workdir
+  (its newest intact step) or ``WORKDIR/STEP``, through the trainer's ``checkpoints.restore_params``."""
   try:
     from instructor_jax import checkpoints
   except ImportError as e:
@@ -652,7 +654,7 @@ def load_checkpoint(path: str):
                        f"{kernel_shape}")
   training = _meta_get(meta, "config", "training_config")
   max_seq_length = _meta_get(meta, "max_seq_length")
-  return params, dict(hf_config), normalize, tokenizer_dir, max_seq_length, training
+  return params, dict(hf_config), normalize, tokenizer_dir, max_seq_length, training, meta.get("step")
 
 
 def load_hf(path_or_hub_id: str):
@@ -760,9 +762,10 @@ def _run(args) -> int:
     return 0
   training = _read_json_arg(args.training_config)
   if args.checkpoint:
-    params, hf_config, normalize, tokenizer_dir, max_seq_length, ckpt_training = load_checkpoint(args.checkpoint)
+    params, hf_config, normalize, tokenizer_dir, max_seq_length, ckpt_training, step = load_checkpoint(
+        args.checkpoint)
     training = training or ckpt_training
-    source = args.checkpoint
+    source = f"{args.checkpoint} (step {step})" if step is not None else args.checkpoint
   else:
     params, hf_config, normalize, tokenizer_dir, max_seq_length = load_hf(args.model)
     source = args.model

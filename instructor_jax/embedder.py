@@ -88,12 +88,20 @@ class InstructorModel(nn.Module):
     return l2_normalize(pooled) if self.normalize else pooled
 
 
+def looks_local(path: str) -> bool:
+  """A path, not a hub id (``name`` or ``org/name``): absolute, relative with ``.``/``~``, or with 2+ separators."""
+  return path.startswith(("/", "./", "../", "~", ".\\")) or path in (".", "..") or path.count("/") >= 2 or (
+      os.sep != "/" and os.sep in path)
+
+
 def _resolve(path_or_hub_id: str | os.PathLike) -> str:
   path = os.fspath(path_or_hub_id)
   if os.path.isdir(path):
     return path
   if os.path.exists(path):
     raise ValueError(f"{path}: expected a checkpoint folder, found a file")
+  if looks_local(path):
+    raise FileNotFoundError(f"{path}: no such folder (a model folder, a training workdir or WORKDIR/STEP)")
   try:
     from huggingface_hub import snapshot_download
     return snapshot_download(path)
@@ -117,8 +125,11 @@ class Instructor:
   def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype=jnp.float32, max_length: int = DEFAULT_MAX_LENGTH,
                       param_dtype=jnp.float32) -> "Instructor":
     """Loads the INSTRUCTOR, sentence-transformers (GTR, MiniLM, ...) or plain T5 / BERT layout from a folder or a
-    hub id; the backbone comes from ``config.json``. For BERT, ``max_length`` is capped at
+    hub id, or a training workdir / ``WORKDIR/STEP`` (``from_checkpoint``); the backbone comes from ``config.json``. For BERT, ``max_length`` is capped at
     ``max_position_embeddings`` (there are no positions beyond the table)."""
+    from instructor_jax import checkpoints
+    if checkpoints.is_checkpoint(os.fspath(path_or_hub_id)):
+      return cls.from_checkpoint(path_or_hub_id, dtype=dtype, max_length=max_length, param_dtype=param_dtype)
     root = _resolve(path_or_hub_id)
     folder = hf.read_folder(root)
     cfg = dataclasses.replace(folder.config, dtype=dtype, param_dtype=param_dtype)
@@ -129,6 +140,26 @@ class Instructor:
                             normalize=folder.normalize, pad_id=tokenizer.pad_id)
     params = jax.tree.map(jnp.asarray, hf.to_flax(folder.state, cfg, folder.dense, dtype=np.dtype(param_dtype)))
     return cls(model, params, tokenizer, source=root)
+
+  @classmethod
+  def from_checkpoint(cls, path: str | os.PathLike, dtype=jnp.float32, max_length: int = DEFAULT_MAX_LENGTH,
+                      param_dtype=jnp.float32) -> "Instructor":
+    """A training workdir (its newest intact step) or ``WORKDIR/STEP``: verified parameters, the workdir's
+    tokenizer (``checkpoints.restore_params``)."""
+    from instructor_jax import checkpoints
+    params, meta = checkpoints.restore_params(os.fspath(path))
+    cfg = hf.match_params(hf.config_from_hf(checkpoints.model_config(meta), dtype=dtype, param_dtype=param_dtype),
+                          params)
+    if isinstance(cfg, BertConfig):
+      max_length = min(max_length, cfg.max_position_embeddings)
+    from instructor_jax.convert import check_vocab
+    check_vocab(cfg.vocab_size, meta["tokenizer_dir"])
+    tokenizer = Tokenizer.from_pretrained(meta["tokenizer_dir"], max_length=max_length)
+    out_features = int(np.shape(params["dense"]["kernel"])[1]) if "dense" in params else None
+    model = InstructorModel(cfg, out_features=out_features, normalize=bool(meta.get("normalize", True)),
+                            pad_id=tokenizer.pad_id)
+    params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), dtype=param_dtype), params)
+    return cls(model, params, tokenizer, source=os.fspath(path))
 
   @property
   def max_length(self) -> int:

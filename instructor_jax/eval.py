@@ -95,7 +95,7 @@ def list_tasks(args, out=print) -> int:
   specs = [s.strip() for s in (args.tasks or "").split(",") if s.strip()]
   rows = []
   if args.data_dir:
-    found = local.discover(args.data_dir, args.split)
+    found = local.discover(args.data_dir, args.split, note=lambda m: print(f"note: {m}", file=sys.stderr))
     found = local.select(found, specs) if specs else found
     instructions = Instructions(table, table_name, {t.name: t.instructions for t in found if t.instructions})
     for t in found:
@@ -115,7 +115,7 @@ def list_tasks(args, out=print) -> int:
 
 
 def _local_tasks(args, specs):
-  found = local.discover(args.data_dir, args.split)
+  found = local.discover(args.data_dir, args.split, note=lambda m: print(f"note: {m}", file=sys.stderr))
   found = local.select(found, specs) if specs else found
   return [(t, t.build()) for t in found]  # read every file before the model is loaded
 

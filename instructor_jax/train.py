@@ -228,8 +228,14 @@ def compile_report(s: Setup, config, workdir: str) -> dict:
       report[k] = int(getattr(mem, k, 0) or 0)
     report["peak_estimate_bytes_per_device"] = (report["argument_size_in_bytes"] + report["output_size_in_bytes"]
                                                 - report["alias_size_in_bytes"] + report["temp_size_in_bytes"])
+  for key in [k for k in report if k.endswith("_bytes_per_device") or k.endswith("_in_bytes")]:
+    report[key.replace("bytes", "gib").replace("_in_gib", "_gib")] = round(report[key] / 2 ** 30, 3)
   if jax.process_index() == 0:
     print(json.dumps(report, indent=1))
+    gib = lambda k: report.get(k.replace("bytes", "gib").replace("_in_gib", "_gib"), 0.0)
+    print(f"per device: state {gib('state_bytes_per_device'):.2f} GiB (params {gib('params_bytes_per_device'):.2f}), "
+          f"temporaries {gib('temp_size_in_bytes'):.2f} GiB, peak estimate "
+          f"{gib('peak_estimate_bytes_per_device'):.2f} GiB; written to {workdir}/compile_report.json", flush=True)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "compile_report.json"), "w") as f:
       json.dump(report, f, indent=1)
@@ -300,6 +306,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_only: bool = 
     state = create_state(spec, s.tx, config, abstract, shardings)
     start = 0
   meta = dict(spec.meta(), config=json.loads(config.to_json_best_effort()), config_history=history)
+  if meta.get("max_seq_length") is None:  # random init: the exported model truncates where training did
+    meta["max_seq_length"] = max(int(config.data.max_query_length), int(config.data.max_doc_length))
   model_cfg, out_features = spec.model.config, spec.model.out_features
   del spec  # host copy of pretrained weights no longer needed
 
@@ -403,6 +411,7 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explic
 flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")
 flags.DEFINE_integer("process_id", None, "this process (with --coordinator_address)")
 flags.DEFINE_bool("debug", False, "show the traceback of user errors (also INSTRUCTOR_JAX_DEBUG=1)")
+flags.DEFINE_bool("print_config", False, "print the config's keys and values (defaults and overrides) and exit")
 FLAGS = flags.FLAGS
 
 
@@ -418,8 +427,25 @@ def main(argv):
     sys.exit(report(e))
 
 
+def print_config(config, prefix: str = "") -> None:
+  """``--print_config``: every key as the override that sets it, ``--config.KEY=VALUE``."""
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      print_config(value, name + ".")
+    elif isinstance(value, (tuple, list)):
+      print(f"--config.{name}=({','.join(map(str, value))}{',' if len(value) == 1 else ''})")
+    elif isinstance(value, bool):
+      print(f"--config.{name}={str(value).lower()}")
+    else:
+      print(f"--config.{name}={value}")
+
+
 def run(config) -> None:
   """The command: check the config, then compile only, or lock the workdir, train and finish."""
+  if FLAGS.print_config:
+    print_config(config)
+    return
   run_config.validate(config)
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
@@ -491,5 +517,19 @@ def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
     print(f"exported to {out}: SentenceTransformer({out!r}).encode(texts, prompt=instruction)", flush=True)
 
 
+USAGE = """python -m instructor_jax.train --config configs/NAME.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
+
+Trains an INSTRUCTOR embedder; rerunning the same command resumes. Configs: demo.py (tiny, bundled data),
+instructor_base.py / instructor_large.py / instructor_xl.py (the paper recipe; variants v4-32, v5e-64, gpu8),
+quality_minilm.py. Every config key can be overridden with --config.KEY=VALUE; --print_config lists them with
+their values. --compile_only compiles the step for the config's mesh on fake CPU devices and reports memory per
+device. README.md ("Training") and WORKSPACE.md describe the rest.
+"""
+
 if __name__ == "__main__":
+  if any(a in ("-h", "--help", "--helpshort", "-?") for a in sys.argv[1:]):
+    print(USAGE)
+    print("flags:")
+    print(FLAGS.module_help(sys.modules[__name__]))
+    sys.exit(0)
   app.run(main)

@@ -244,9 +244,15 @@ def _concat(parts: Sequence[dict]) -> dict:
   return {k: [v for p in parts for v in p[k]] for k in parts[0]}
 
 
-def discover(data_dir: str, split: str = "test") -> list[LocalTask]:
+def _other_splits(folder: str, split: str) -> list[str]:
+  """The splits ``folder`` does hold when it holds none named ``split``."""
+  return [s for s in ("test", "dev", "train") if s != split and detect(folder, s)]
+
+
+def discover(data_dir: str, split: str = "test", note=None) -> list[LocalTask]:
   """The tasks of ``data_dir`` itself, or of its sub-folders (sorted by folder). Errors if none is found or two
-  folders hold a task of the same name (their results would overwrite each other)."""
+  folders hold a task of the same name (their results would overwrite each other). A sub-folder that holds a task
+  but not of ``split`` is left out and said so through ``note``."""
   if not os.path.isdir(data_dir):
     raise DataError(f"{data_dir}: not a folder")
   found = detect(data_dir, split)
@@ -254,7 +260,12 @@ def discover(data_dir: str, split: str = "test") -> list[LocalTask]:
     for name in sorted(os.listdir(data_dir)):
       sub = os.path.join(data_dir, name)
       if os.path.isdir(sub) and not name.startswith("."):
-        found += detect(sub, split)
+        here = detect(sub, split)
+        found += here
+        if not here and note is not None:
+          others = _other_splits(sub, split)
+          if others:
+            note(f"{name}: left out, it has no {split!r} split (it has {', '.join(others)})")
   if not found:
     raise DataError(f"{data_dir}: no task folder found for split {split!r} (see `python -m instructor_jax.eval "
                     "--help-formats`)")

@@ -46,12 +46,8 @@ class TorchInstructor:
 
 
 def is_orbax(path: str) -> bool:
-  if not os.path.isdir(path):
-    return False
-  if os.path.exists(os.path.join(path, "config.json")) or os.path.exists(os.path.join(path, "modules.json")):
-    return False
-  names = os.listdir(path)
-  return any(n.isdigit() for n in names) or any(n in ("_CHECKPOINT_METADATA", "params", "meta") for n in names)
+  from instructor_jax.checkpoints import is_checkpoint
+  return is_checkpoint(path)
 
 
 def model_dir(folder: str) -> str:
@@ -127,7 +123,7 @@ def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype
   framework = "JAX" if backend == "jax" else "PyTorch"
   if is_orbax(model):
     from instructor_jax.tokenization import Tokenizer
-    params, hf_config, normalize, tokenizer_dir, _, _ = convert.load_checkpoint(model)
+    params, hf_config, normalize, tokenizer_dir, _, _, _ = convert.load_checkpoint(model)
     cfg = hf.match_params(hf.config_from_hf(hf_config), params)
     convert.check_vocab(cfg.vocab_size, tokenizer_dir)
     if hf.backbone(cfg) == "bert":  # no positions beyond the table (as Instructor.from_pretrained)
