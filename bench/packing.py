@@ -225,6 +225,26 @@ def bar(args) -> dict:
   return out
 
 
+def table(paths) -> str:
+  """The BENCHMARKS.md rows of ``step`` results: one row per file, packed vs padded side by side."""
+  rows = ["| size | global batch | grad cache | packed steps | padded steps | packed real tok/s | padded real tok/s | "
+          "ratio | packing efficiency (padded) | compiles (s) | step time vs real tokens (R^2) | max loss rel diff |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for path in paths:
+    with open(path) as f:
+      d = json.load(f)
+    c, pk, pd = d["config"], d["packed"], d["padded"]
+    n_pad = len([r for r in d["steps"] if "padded_s" in r])
+    rows.append(
+        f"| {c['size']} | {c['global_batch']} | {c['grad_cache_chunk'] or 'off'} | {len(d['steps']) - c['warmup']} | "
+        f"{n_pad} | {pk['real_tokens_per_s']:.0f} | {pd['real_tokens_per_s']:.0f} | "
+        f"**{d['real_tokens_per_s_ratio']:.2f}x** | {100 * pk['packing_efficiency']:.1f}% "
+        f"({100 * pd['packing_efficiency']:.1f}%) | {pk['compiles']} ({pk['compile_s']:.0f}) | "
+        f"{1e3 * d['linear_fit']['seconds_per_real_token']:.2f} ms/token ({d['linear_fit']['r2']:.2f}) | "
+        f"{d['max_loss_rel_diff']:.1e} |")
+  return "\n".join(rows)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m bench.packing", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="cmd", required=True)
@@ -247,7 +267,12 @@ def main(argv=None) -> int:
   b = sub.add_parser("bar", help="the issue's check: configs/demo.py, mini T5, 512 / 512, batch 32, 12 steps")
   b.add_argument("--medi", default=DERIVED)
   b.add_argument("--json")
+  t = sub.add_parser("table", help="BENCHMARKS.md rows from step results")
+  t.add_argument("results", nargs="+")
   args = p.parse_args(argv)
+  if args.cmd == "table":
+    print(table(args.results))
+    return 0
   if args.cmd == "mix":
     print(build_mix(args.out))
     return 0
