@@ -9,7 +9,9 @@ Suites (sizes can be overridden with the flags below):
 - ``gpu``: encode fp32 and bf16 against torch on CUDA (target: >= 2x in bf16); train step at T5-base, length 256,
   global batch 256 with MFU (target: >= 50%); memory vs global batch (device peak bytes); scaling; the T5-large
   4096-query gradient-caching fit check. Needs a CUDA jaxlib and a CUDA torch.
-- ``tiny``: every benchmark at toy sizes in seconds (the smoke test runs it).
+- ``tiny``: every benchmark at toy sizes, a smoke run: about 5 minutes on 2 CPU cores, most of it compiling the
+  memory and scaling parts for fake devices; ``--only encode,train`` (what ``tests/test_bench.py`` runs) takes
+  under a minute.
 
 Thread counts: ``--threads N`` pins the process to N CPUs (XLA's intra-op pool follows the affinity mask) and sets
 ``torch.set_num_threads(N)``; default: all schedulable CPUs.

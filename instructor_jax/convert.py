@@ -392,7 +392,9 @@ def verify_export(folder: str, expected: np.ndarray | None, *, legacy: bool, dty
   - default layout: sentence-transformers with ``prompt=`` matches our loader (<= 1e-5) except one-token
     instructions; legacy layout: the files InstructorEmbedding 1.0.1 needs are present and parse.
   """
+  from transformers.utils import logging as hf_logging
   from instructor_jax.embedder import Instructor
+  hf_logging.disable_progress_bar()  # its "Loading weights" bars, once per reload: not the user's business here
   report: dict[str, float] = {}
   pairs = list(pairs)
   if state is not None and dtype == "float32":
@@ -612,7 +614,9 @@ def export_folder(params: Mapping[str, Any], config: T5Config | BertConfig | Map
       shutil.rmtree(tmp, ignore_errors=True)
     if backup is not None:
       shutil.rmtree(backup, ignore_errors=True)
-  log(f"wrote {out} ({'legacy INSTRUCTOR' if legacy else 'sentence-transformers'} layout, {dtype})")
+  use = (f"InstructorEmbedding 1.0.1: INSTRUCTOR({out!r}).encode([[instruction, text], ...])" if legacy else
+         f"SentenceTransformer({out!r}).encode(texts, prompt=instruction)")
+  log(f"wrote {out} ({'legacy INSTRUCTOR' if legacy else 'sentence-transformers'} layout, {dtype}): {use}")
   return out
 
 

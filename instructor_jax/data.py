@@ -303,8 +303,8 @@ def _preview(args) -> int:
 
 
 def _prepare(args) -> int:
+  from tasks import medi_tfds  # first: `tasks` quiets TensorFlow's CUDA probing before TF is imported
   import tensorflow_datasets as tfds
-  from tasks import medi_tfds
   tfds.disable_progress_bar()
   path = medi_tfds.prepare(args.medi, args.data_dir, strict=args.strict, skip_invalid=args.skip_invalid,
                            num_shards=args.num_shards)

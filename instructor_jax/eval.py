@@ -1,7 +1,8 @@
 """Evaluate an INSTRUCTOR model with MTEB: local task folders (offline, ``--data-dir``) or MTEB 2.x tasks.
 
-    # offline: one task folder or a folder of task folders (layouts: --help-formats)
-    python -m instructor_jax.eval --model DIR --data-dir ../shared/data/eval --output results/
+    # offline: one task folder or a folder of task folders (layouts: --help-formats; where to get each set:
+    # README.md, "Where the data comes from"; a bundled 40-pair STS-B subset: tests/fixtures/eval/stsbenchmark)
+    python -m instructor_jax.eval --model DIR --data-dir data/eval --output results/
     # MTEB 2.x (the task data from the Hugging Face hub or its local cache): task names, task types or benchmarks
     python -m instructor_jax.eval --model DIR --tasks STSBenchmark,Banking77Classification --output results/
     python -m instructor_jax.eval --list-tasks [--data-dir DIR] [--tasks ...]   # tasks, types and instructions
@@ -27,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -141,10 +144,20 @@ def run(encoder: InstructorEncoder, selected: Sequence[tuple[Any, Any]], output:
   for lt, task in selected:
     md = task.metadata
     start = time.time()
+    newer = getattr(md, "superseded_by", None)
     log(f"{md.name} ({md.type}, split {','.join(task.eval_splits)}"
-        + (f", {lt.folder}" if lt else "") + f"): {' '.join(_instruction_cells(encoder.instructions, md))}")
-    res = mteb.evaluate(encoder, task, cache=None, raise_error=False, overwrite_strategy="always",
-                        encode_kwargs=dict(encode_kwargs), co2_tracker=False, show_progress_bar=False)
+        + (f", {lt.folder}" if lt else "") + (f"; mteb lists {newer} as its newer version" if newer else "")
+        + f"): {' '.join(_instruction_cells(encoder.instructions, md))}")
+    with warnings.catch_warnings():  # said once above instead of twice (mteb logs and warns it)
+      warnings.filterwarnings("ignore", message=r"The task '.*' is superseded by")
+      superseded_log = logging.getLogger("mteb.abstasks.abstask")
+      level = superseded_log.level
+      superseded_log.setLevel(logging.ERROR)
+      try:
+        res = mteb.evaluate(encoder, task, cache=None, raise_error=False, overwrite_strategy="always",
+                            encode_kwargs=dict(encode_kwargs), co2_tracker=False, show_progress_bar=False)
+      finally:
+        superseded_log.setLevel(level)
     for e in res.exceptions or []:
       failed.append((e.task_name, e.exception))
       log(f"  failed: {e.exception}")

@@ -512,9 +512,8 @@ def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
       args.append("--legacy-instructor")
     if eval_out:
       args += ["--eval-results", eval_out]
-    if convert.main(args) != 0:
+    if convert.main(args) != 0:  # it prints where the export is and how to load it
       raise SystemExit(f"export of {workdir} to {out} failed")
-    print(f"exported to {out}: SentenceTransformer({out!r}).encode(texts, prompt=instruction)", flush=True)
 
 
 USAGE = """python -m instructor_jax.train --config configs/NAME.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]

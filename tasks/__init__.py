@@ -4,8 +4,16 @@
   preprocessor and ``MediFeatureConverter``.
 * ``tasks.medi_tfds``: the TFDS builder that converts a MEDI file into sharded TFRecords (one split per task).
 
-Importing ``tasks`` itself imports neither TensorFlow nor seqio; import the submodules when needed.
+Importing ``tasks`` itself imports neither TensorFlow nor seqio; import the submodules when needed. It does quiet
+TensorFlow's C++ log on machines without an NVIDIA GPU (``TF_CPP_MIN_LOG_LEVEL=3`` unless set): there TF's import
+reports ``failed call to cuInit: INTERNAL: CUDA error`` as an error, which is noise on a CPU or TPU host. Errors of
+the input pipeline still reach Python as exceptions.
 """
+import glob
+import os
+
+if not glob.glob("/dev/nvidia[0-9]*"):
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def hide_gpus_from_tf() -> None:

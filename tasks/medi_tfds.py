@@ -133,6 +133,14 @@ class Medi(tfds.core.GeneratorBasedBuilder):
             "pos_instruction": r["pos"][0], "pos_text": r["pos"][1],
             "neg_instruction": [n[0] for n in negs], "neg_text": [n[1] for n in negs]}
 
+  # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared" for every build; this one
+  # downloads nothing (the MEDI file is a manual input), so say what it does instead.
+  def _log_download_bytes(self) -> None:
+    print(f"converting {self._medi_file or 'the MEDI file'} into TFRecord shards under {self.data_dir}", flush=True)
+
+  def _log_download_done(self) -> None:
+    pass
+
   def cleanup(self) -> None:
     tmp = getattr(self, "_tmp", None)
     if tmp and os.path.isdir(tmp):
