@@ -3,6 +3,7 @@
     python -m bench.packing mix --out MIX.jsonl            # build the MEDI-shaped mix (minutes, needs ../shared)
     python -m bench.packing step --medi MIX.jsonl --size mini --global-batch 32 --steps 24 --json OUT.json
     python -m bench.packing bar --medi FILE --out DIR      # the issue's demo-config check (CLI runs)
+    python -m bench.packing layouts --medi MIX.jsonl --steps 2000   # packing efficiency over many steps (no model)
 
 **Data.** The mix is the derived MEDI set (``../shared/data/medi/medi_format_derived.json``, 3,094 records from the
 train / dev splits of six evaluation sets) plus the pairs ``python -m instructor_jax.medi build`` mines from *all*
@@ -225,6 +226,35 @@ def bar(args) -> dict:
   return out
 
 
+def layouts(args) -> dict:
+  """Packing efficiency of ``--steps`` steps of the real stream, layouts only (no model): what a long run sees."""
+  from instructor_jax import features, packing, sampling
+  t0 = time.time()
+  feat = features.Featurizer(os.path.join(REPO, "instructor_jax", "assets", "t5-vocab"), args.length, args.length, 1)
+  index = features.MediIndex.from_file(args.medi, skip_invalid=True, featurizer=feat)
+  log(f"index: {sum(index.sizes)} records, {len(index.task_names)} tasks, {time.time() - t0:.0f} s")
+  out = dict(medi=os.path.basename(args.medi), length=args.length, steps=args.steps, results=[])
+  for B in args.global_batch:
+    sampler = sampling.Sampler(index.sizes, B, seed=0, small_tasks="drop", dedup_positives=True,
+                               pos_keys=[t.pos_keys for t in index.tasks], task_names=index.task_names)
+    packer = packing.Packer(args.length, B * 3, buckets_per_octave=args.buckets_per_octave)
+    real = computed = 0
+    sizes = set()
+    for step in range(args.steps):
+      k, rows = sampler.batch(step)
+      td = index.tasks[k]
+      lengths = np.stack([side.lengths[rows] for side in (td.query, td.pos, td.neg[0])], axis=1).reshape(-1)
+      lay = packer.layout(lengths)
+      real += lay.real_tokens
+      computed += lay.num_rows * args.length
+      sizes.add(lay.num_rows)
+    res = dict(global_batch=B, packing_efficiency=real / computed, padded_efficiency=real / (args.steps * B * 3 *
+               args.length), row_counts_met=len(sizes), ladder_sizes=len(packer.ladder))
+    log(json.dumps(res))
+    out["results"].append(res)
+  return out
+
+
 def table(paths) -> str:
   """The BENCHMARKS.md rows of ``step`` results: one row per file, packed vs padded side by side."""
   rows = ["| size | global batch | grad cache | packed steps | padded steps | packed real tok/s | padded real tok/s | "
@@ -267,6 +297,13 @@ def main(argv=None) -> int:
   b = sub.add_parser("bar", help="the issue's check: configs/demo.py, mini T5, 512 / 512, batch 32, 12 steps")
   b.add_argument("--medi", default=DERIVED)
   b.add_argument("--json")
+  lo = sub.add_parser("layouts", help="packing efficiency of many steps of the stream (layouts only, no model)")
+  lo.add_argument("--medi", required=True, help="MEDI file (the mix)")
+  lo.add_argument("--global-batch", type=int, nargs="+", default=[32, 128])
+  lo.add_argument("--length", type=int, default=512)
+  lo.add_argument("--steps", type=int, default=2000)
+  lo.add_argument("--buckets-per-octave", type=int, default=8)
+  lo.add_argument("--json")
   t = sub.add_parser("table", help="BENCHMARKS.md rows from step results")
   t.add_argument("results", nargs="+")
   args = p.parse_args(argv)
@@ -276,7 +313,7 @@ def main(argv=None) -> int:
   if args.cmd == "mix":
     print(build_mix(args.out))
     return 0
-  out = step_bench(args) if args.cmd == "step" else bar(args)
+  out = step_bench(args) if args.cmd == "step" else layouts(args) if args.cmd == "layouts" else bar(args)
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json + ".tmp", "w") as f:
