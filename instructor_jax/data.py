@@ -52,9 +52,9 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("file", "prepared", "seqio")
 DEFAULTS = dict(source="file", medi_path="", tfds_data_dir="", prepared="", mixture_or_task="",
-                seqio_modules="tasks.medi", seqio_split="train", max_query_length=512, max_doc_length=512, num_negatives=1,
-                sampling="proportional", temperature=2.0, small_tasks="drop", dedup_positives=False, strict=False,
-                skip_invalid=False, max_invalid_fraction=0.01)
+                seqio_modules="tasks.medi", seqio_split="train", max_query_length=512, max_doc_length=512,
+                num_negatives=1, sampling="proportional", temperature=2.0, small_tasks="drop",
+                dedup_positives=False, strict=False, skip_invalid=False, max_invalid_fraction=0.01)
 
 
 # ---------------------------------------------------------------------------------------------------------------
