@@ -51,7 +51,7 @@ from instructor_jax.sampling import SAMPLING, Sampler, check_step, host_batch_si
 log = logging.getLogger(__name__)
 
 SOURCES = ("file", "prepared", "seqio")
-DEFAULTS = dict(source="file", medi_path="", tfds_data_dir="", prepared="", mixture_or_task="",
+DEFAULTS = dict(source="file", medi_path="", tfds_data_dir="", prepared="", mixture_or_task="medi",
                 seqio_modules="tasks.medi", seqio_split="train", max_query_length=512, max_doc_length=512,
                 num_negatives=1, sampling="proportional", temperature=2.0, small_tasks="drop",
                 dedup_positives=False, strict=False, skip_invalid=False, max_invalid_fraction=0.01)
@@ -69,11 +69,14 @@ def _cfg(cfg: Any, key: str):
   return cfg.get(key, DEFAULTS[key]) if hasattr(cfg, "get") else getattr(cfg, key, DEFAULTS[key])
 
 
-def load_index(cfg, featurizer: Featurizer):
+def load_index(cfg, featurizer, tokenizer_dir: str = ""):
   """``(index, rates)`` of ``config.data.source``: ``"file"`` (``medi_path``: a MEDI file, or a prepared folder;
   ``tfds_data_dir``), ``"prepared"`` (``prepared``: a folder written by ``data prepare``) or ``"seqio"``
-  (``mixture_or_task``). ``rates`` are the seqio Mixture's (None: ``config.data.sampling``)."""
+  (``mixture_or_task``). ``rates`` are the seqio Mixture's (None: ``config.data.sampling``). ``featurizer`` is a
+  callable that makes the ``Featurizer`` (a prepared folder or a seqio Task needs none: a restart on prepared data
+  loads the tokenizer only when its files changed)."""
   g = functools.partial(_cfg, cfg)
+  lengths = (int(g("max_query_length")), int(g("max_doc_length")), int(g("num_negatives")))
   source = g("source") or "file"
   if source not in SOURCES:
     raise DataError(f"config.data.source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -81,18 +84,18 @@ def load_index(cfg, featurizer: Featurizer):
     from instructor_jax import seqio_source
     if not g("mixture_or_task"):
       raise DataError("config.data.source=seqio needs config.data.mixture_or_task (a registered Task or Mixture)")
-    return seqio_source.load_index(g("mixture_or_task"), featurizer.max_query_length, featurizer.max_doc_length,
-                                   featurizer.num_negatives, split=g("seqio_split"), modules=g("seqio_modules"))
+    return seqio_source.load_index(g("mixture_or_task"), *lengths, split=g("seqio_split"),
+                                   modules=g("seqio_modules"))
   path = g("prepared") if source == "prepared" else g("medi_path")
   if source == "prepared" or (path and os.path.isdir(path)):
     if not path:
       raise DataError("config.data.source=prepared needs config.data.prepared (a folder written by data prepare)")
-    return prepared.open_prepared(path, featurizer), None
+    return prepared.open_prepared(path, featurizer, lengths, tokenizer_dir), None
   if g("tfds_data_dir"):
-    return MediIndex.from_tfds(g("tfds_data_dir"), strict=bool(g("strict")), featurizer=featurizer), None
+    return MediIndex.from_tfds(g("tfds_data_dir"), strict=bool(g("strict")), featurizer=featurizer()), None
   if path:
     return MediIndex.from_file(path, strict=bool(g("strict")), skip_invalid=bool(g("skip_invalid")),
-                               featurizer=featurizer, max_invalid_fraction=float(g("max_invalid_fraction"))), None
+                               featurizer=featurizer(), max_invalid_fraction=float(g("max_invalid_fraction"))), None
   raise ValueError("config.data needs medi_path (a MEDI .json/.jsonl file or a prepared folder), prepared, "
                    "tfds_data_dir or source=seqio with mixture_or_task")
 
@@ -129,15 +132,14 @@ class TrainStream:
                   process_count: int = 1, packer: Optional[packing.Packer] = None) -> "TrainStream":
     g = functools.partial(_cfg, cfg)
     host_batch_size(global_batch_size, process_count)  # fail early
-    featurizer = Featurizer(os.fspath(tokenizer_dir), int(g("max_query_length")), int(g("max_doc_length")),
-                            int(g("num_negatives")))
-    index, rates = load_index(cfg, featurizer)
+    lq, ld, n = int(g("max_query_length")), int(g("max_doc_length")), int(g("num_negatives"))
+    featurizer = functools.lru_cache(maxsize=None)(lambda: Featurizer(os.fspath(tokenizer_dir), lq, ld, n))
+    index, rates = load_index(cfg, featurizer, os.fspath(tokenizer_dir))
     sampler = Sampler(index.sizes, global_batch_size, seed=seed, sampling=g("sampling"),
                       temperature=float(g("temperature")), small_tasks=g("small_tasks"),
                       dedup_positives=bool(g("dedup_positives")), pos_keys=[t.pos_keys for t in index.tasks],
                       task_names=index.task_names, rates=rates)
-    stream = cls(index, sampler, featurizer.max_query_length, featurizer.max_doc_length, featurizer.num_negatives,
-                 process_index, process_count, packer)
+    stream = cls(index, sampler, lq, ld, n, process_index, process_count, packer)
     log.info("MEDI stream: %s; %d of %d tasks active", index.report.summary(), len(sampler.active),
              len(index.task_names))
     if sampler.dropped:

@@ -71,6 +71,18 @@ def tokenizer_fingerprint(featurizer: Featurizer) -> str:
   return h.hexdigest()[:16]
 
 
+def tokenizer_files_digest(folder: str) -> str:
+  """sha256 of the names and contents of a tokenizer folder's files (not recursive): the cheap check at start."""
+  h = hashlib.sha256()
+  for name in sorted(os.listdir(folder)):
+    p = os.path.join(folder, name)
+    if os.path.isfile(p):
+      h.update(name.encode() + b"\0")
+      with open(p, "rb") as f:
+        h.update(hashlib.sha256(f.read()).digest())
+  return h.hexdigest()[:16]
+
+
 def shard_name(i: int, n: int) -> str:
   return f"tokens-{i:05d}-of-{n:05d}.npy"
 
@@ -182,6 +194,8 @@ def prepare(medi_path: str, out_dir: str, featurizer: Featurizer, strict: bool =
   manifest. Records are those ``MediIndex.from_file`` loads with the same options, in the same order."""
   from tqdm import tqdm
   out_dir = os.path.abspath(os.fspath(out_dir))
+  if not tokenizer_dir and os.path.isdir(getattr(featurizer.doc_tok.hf, "name_or_path", "") or ""):
+    tokenizer_dir = featurizer.doc_tok.hf.name_or_path  # the folder the tokenizer was loaded from
   if not os.path.isfile(medi_path):
     raise DataError(f"MEDI file not found: {medi_path}")
   if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
@@ -245,7 +259,8 @@ def prepare(medi_path: str, out_dir: str, featurizer: Featurizer, strict: bool =
         "format": FORMAT, "version": VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tokenizer": {"fingerprint": tokenizer_fingerprint(featurizer), "dir": os.path.abspath(tokenizer_dir)
-                      if tokenizer_dir else "", "vocab_size": featurizer.doc_tok.vocab_size},
+                      if tokenizer_dir else "", "vocab_size": featurizer.doc_tok.vocab_size,
+                      "files_sha256": tokenizer_files_digest(tokenizer_dir) if tokenizer_dir else ""},
         "max_query_length": featurizer.max_query_length, "max_doc_length": featurizer.max_doc_length,
         "num_negatives": featurizer.num_negatives, "token_dtype": np.dtype(dtype).name,
         "source": {"path": os.path.abspath(medi_path), "bytes": stat.st_size, "mtime": stat.st_mtime},
@@ -416,16 +431,24 @@ class PreparedIndex:
     self.reads += 1
     return np.frombuffer(buf, self.dtype)
 
-  def check(self, featurizer: Featurizer, where: str = "config.data") -> None:
-    """Fails when the folder was prepared for another tokenizer, other lengths or another number of negatives."""
+  def check(self, max_query_length: int, max_doc_length: int, num_negatives: int, featurizer,
+            tokenizer_dir: str = "", where: str = "config.data") -> None:
+    """Fails when the folder was prepared for another tokenizer, other lengths or another number of negatives.
+
+    The tokenizer is loaded (``featurizer``: a ``Featurizer`` or a callable making one) only when the files of
+    ``tokenizer_dir`` differ from those it was prepared with: a restart does not import transformers.
+    """
     m = self.manifest
-    want = {"max_query_length": featurizer.max_query_length, "max_doc_length": featurizer.max_doc_length,
-            "num_negatives": featurizer.num_negatives}
+    want = {"max_query_length": int(max_query_length), "max_doc_length": int(max_doc_length),
+            "num_negatives": int(num_negatives)}
     bad = [f"{where}.{k}={v} but the data was prepared with {m[k]}" for k, v in want.items() if m[k] != v]
-    fp = tokenizer_fingerprint(featurizer)
-    if fp != m["tokenizer"]["fingerprint"]:
-      bad.append(f"the model's tokenizer (fingerprint {fp}) is not the one the data was prepared with "
-                 f"({m['tokenizer']['fingerprint']}, from {m['tokenizer']['dir'] or '?'})")
+    tok = m["tokenizer"]
+    same_files = bool(tokenizer_dir) and tok.get("files_sha256") == tokenizer_files_digest(tokenizer_dir)
+    if not bad and not same_files:
+      fp = tokenizer_fingerprint(featurizer if isinstance(featurizer, Featurizer) else featurizer())
+      if fp != tok["fingerprint"]:
+        bad.append(f"the model's tokenizer (fingerprint {fp}) is not the one the data was prepared with "
+                   f"({tok['fingerprint']}, from {tok['dir'] or '?'})")
     if bad:
       raise DataError(f"{self.path}: {'; '.join(bad)}; prepare it again for this config (python -m "
                       f"instructor_jax.data prepare --medi {m['source']['path']} --out NEW_DIR --tokenizer DIR "
@@ -444,9 +467,14 @@ class PreparedIndex:
       pass
 
 
-def open_prepared(path: str, featurizer: Optional[Featurizer] = None) -> PreparedIndex:
-  """``PreparedIndex(path)``, checked against ``featurizer`` (the training config's tokenizer and lengths)."""
+def open_prepared(path: str, featurizer=None, lengths: Optional[Sequence[int]] = None,
+                  tokenizer_dir: str = "") -> PreparedIndex:
+  """``PreparedIndex(path)``, checked against the training config: ``lengths`` = ``(max_query_length,
+  max_doc_length, num_negatives)`` (default: the ``Featurizer``'s) and the tokenizer (``featurizer``: a
+  ``Featurizer`` or a callable making one, used only when ``tokenizer_dir``'s files differ; see ``check``)."""
   index = PreparedIndex(path)
   if featurizer is not None:
-    index.check(featurizer)
+    if lengths is None:
+      lengths = (featurizer.max_query_length, featurizer.max_doc_length, featurizer.num_negatives)
+    index.check(*lengths, featurizer, tokenizer_dir)
   return index

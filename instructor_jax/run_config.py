@@ -28,7 +28,7 @@ OPERATIONAL = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", 
                "peak_flops_per_device", "debug_nan_step", "resume_allow_changes", "model.remat", "model.attention",
                "model.init_from", "model.init_checkpoint", "eval", "export", "data.medi_path", "data.tfds_data_dir",
                "data.strict", "data.skip_invalid", "data.max_invalid_fraction", "data.source", "data.prepared",
-               "data.seqio_modules")
+               "data.mixture_or_task", "data.seqio_modules", "data.seqio_split")  # data content: fingerprinted
 DATA_KEY = "data"   # in resume_allow_changes: accept a change of the data's content (task names and sizes)
 
 

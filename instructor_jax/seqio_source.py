@@ -66,6 +66,8 @@ def lookup(name: str):
   close = difflib.get_close_matches(name, mixtures + tasks, n=3, cutoff=0.5)
   hint = f" (closest: {', '.join(close)})" if close else ""
   listed = lambda xs: ", ".join(xs[:50]) + (f", ... ({len(xs)} in all)" if len(xs) > 50 else "") if xs else "none"
+  if name == "medi":
+    hint += " (tasks.medi registers it when MEDI_PATH names a MEDI file or MEDI_TFDS_DIR prepared TFDS shards)"
   raise DataError(f"config.data.mixture_or_task: no seqio Task or Mixture {name!r}{hint}; registered Mixtures: "
                   f"{listed(mixtures)}; Tasks: {listed(tasks)} (modules imported: config.data.seqio_modules)")
 

@@ -172,3 +172,18 @@ def test_cli_prepare_from_a_config_with_progress_and_errors(tmp_path):
                       "--out", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "x").exists()
+
+
+def test_a_restart_loads_no_tokenizer_unless_its_files_changed(store, tmp_path):
+  """Same tokenizer files: no transformers import at start; other files, same behaviour: loaded, compared, fine."""
+  code = ("import sys; from instructor_jax import data; "
+          f"s = data.TrainStream.from_config(dict(source='prepared', prepared={store!r}, max_query_length=24, "
+          f"max_doc_length=40, num_negatives=1), {VOCAB!r}, 8, 0); s.get(0); "
+          "print('transformers' in sys.modules)")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+  copy = tmp_path / "vocab"
+  shutil.copytree(VOCAB, copy)
+  (copy / "README.md").write_text("the same T5 vocabulary\n")
+  s = data.TrainStream.from_config(dict(CFG, source="prepared", prepared=store), str(copy), 8, 0)
+  assert s.index.manifest["tokenizer"]["files_sha256"] != prepared.tokenizer_files_digest(str(copy))
