@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from instructor_jax import data, features, packing, prepared
+from instructor_jax import data, features, medi, packing, prepared
 from instructor_jax.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +44,8 @@ def test_same_records_tokens_and_fingerprint_as_the_file(store, file_index):
   assert len(index.manifest["shards"]) > 3
   assert index.task_names == file_index.task_names and index.sizes == file_index.sizes
   assert index.fingerprint() == file_index.fingerprint()
+  counts, summary = medi.task_counts(store)  # `medi tasks PREPARED` reads the manifest only
+  assert counts == dict(zip(file_index.task_names, file_index.sizes)) and "prepared from" in summary
   for mine, ref in zip(index.tasks, file_index.tasks):
     assert np.array_equal(mine.ids, ref.ids) and np.array_equal(mine.pos_keys, ref.pos_keys)
     for a, b in zip([mine.query, mine.pos, *mine.neg], [ref.query, ref.pos, *ref.neg]):
