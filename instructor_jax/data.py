@@ -313,7 +313,10 @@ def make_stream(config, tokenizer_dir: str, vocab_size: int, packer: Optional[pa
 
 
 def _preview(args) -> int:
-  index = MediIndex.from_file(args.medi, strict=args.strict, skip_invalid=args.skip_invalid)
+  if os.path.isdir(args.medi):  # a prepared folder: its index only
+    index = prepared.PreparedIndex(args.medi)
+  else:
+    index = MediIndex.from_file(args.medi, strict=args.strict, skip_invalid=args.skip_invalid)
   sampler = Sampler(index.sizes, args.global_batch, seed=args.seed, sampling=args.sampling,
                     temperature=args.temperature, small_tasks="drop",
                     dedup_positives=args.dedup_positives, pos_keys=[t.pos_keys for t in index.tasks],
@@ -401,7 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(prog="python -m instructor_jax.data", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="cmd", required=True)
   pv = sub.add_parser("preview", help="print the task and source record ids of this host's rows, per step")
-  pv.add_argument("--medi", required=True, help="MEDI file (.json array or .jsonl)")
+  pv.add_argument("--medi", required=True, help="MEDI file (.json array or .jsonl) or a prepared folder")
   pv.add_argument("--global-batch", type=int, required=True)
   pv.add_argument("--steps", type=int, required=True)
   pv.add_argument("--start-step", type=int, default=0)

@@ -81,6 +81,15 @@ def test_batches_equal_the_file_source_on_every_host_and_resume(store, pack):
     assert all(np.array_equal(want[k], got[k]) for k in want)
 
 
+def test_preview_of_a_prepared_folder_equals_the_file(store):
+  run = lambda m: subprocess.run([sys.executable, "-m", "instructor_jax.data", "preview", "--medi", m,
+                                  "--global-batch", "8", "--steps", "6", "--json", "--skip-invalid"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120)
+  a, b = run(SMALL), run(store)
+  assert a.returncode == 0 and b.returncode == 0, b.stderr
+  assert a.stdout == b.stdout and len(a.stdout.splitlines()) == 6
+
+
 def test_a_host_reads_only_its_own_rows(store):
   B, hosts = 8, 2
   for host in range(hosts):
