@@ -64,6 +64,11 @@ def get_config():
   c.data = ml_collections.ConfigDict()
   c.data.medi_path = os.path.join(REPO, "tests", "fixtures", "medi", "medi_small.json")
   c.data.tfds_data_dir = ""
+  c.data.source = "file"              # "file" (medi_path / tfds_data_dir), "prepared" or "seqio"
+  c.data.prepared = ""                # source=prepared: a folder written by `python -m instructor_jax.data prepare`
+  c.data.mixture_or_task = "medi"     # source=seqio: a registered seqio Task or Mixture (medi: $MEDI_PATH)
+  c.data.seqio_modules = "tasks.medi" # source=seqio: modules imported to register it (comma-separated)
+  c.data.seqio_split = "train"
   c.data.max_query_length = 64
   c.data.max_doc_length = 64
   c.data.num_negatives = 1

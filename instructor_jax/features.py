@@ -101,10 +101,14 @@ class _Ragged:
       return
     lens = np.fromiter((len(e.ids) for e in encoded), np.int64, len(encoded))
     ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encoded), np.int64, int(lens.sum()))
+    self.append(ids, lens, np.fromiter((e.instr_len for e in encoded), np.int32, len(encoded)))
+
+  def append(self, ids: np.ndarray, lens: np.ndarray, instr_len: np.ndarray) -> None:
+    """Appends rows given as their concatenated ids, their lengths and their instruction lengths."""
     # uint16 halves host memory for T5-sized vocabularies; larger vocabularies (mT5...) keep int32.
     self._parts.append(ids.astype(np.uint16 if ids.max(initial=0) < 65536 else np.int32))
-    self._lens.append(lens)
-    self._n.append(np.fromiter((e.instr_len for e in encoded), np.int32, len(encoded)))
+    self._lens.append(np.asarray(lens, np.int64))
+    self._n.append(np.asarray(instr_len, np.int32))
 
   def finish(self) -> "_Ragged":
     self.data = np.concatenate(self._parts) if self._parts else np.zeros((0,), np.uint16)
@@ -123,6 +127,25 @@ class _Ragged:
     if self._lengths is None:
       self._lengths = np.diff(self.offsets)
     return self._lengths
+
+
+def ragged_from_rows(rows: Sequence[np.ndarray], instr_len: Sequence[int]) -> "_Ragged":
+  """A finished ``_Ragged`` from token arrays (the seqio source's examples)."""
+  r = _Ragged()
+  if len(rows):
+    r.append(np.concatenate([np.asarray(x, np.int64) for x in rows]), [len(x) for x in rows], instr_len)
+  return r.finish()
+
+
+def content_fingerprint(per_task: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[np.ndarray]]]) -> str:
+  """``MediIndex.fingerprint`` of ``(task name, record ids, positive keys, [lengths per side])`` per task (sorted
+  names); the prepared store computes the same digest from its index, so a resume may switch between the two."""
+  h = hashlib.sha256()
+  for name, ids, pos_keys, lengths in per_task:
+    h.update(name.encode())
+    for a in [ids, pos_keys, *lengths]:
+      h.update(np.ascontiguousarray(a, np.int64).tobytes())
+  return h.hexdigest()[:16]
 
 
 def pad_rows(rows: Sequence[np.ndarray], length: int) -> np.ndarray:
@@ -174,15 +197,10 @@ class MediIndex:
 
   def fingerprint(self) -> str:
     """A digest of what was loaded: task names, record ids, positive-text keys and every sequence's length."""
-    h = hashlib.sha256()
-    for name, td in zip(self.task_names, self.tasks):
-      h.update(name.encode())
-      arrays = [td.ids, td.pos_keys]
-      if self.tokenized:
-        arrays += [td.query.lengths, td.pos.lengths] + [n.lengths for n in td.neg]
-      for a in arrays:
-        h.update(np.ascontiguousarray(a, np.int64).tobytes())
-    return h.hexdigest()[:16]
+    return content_fingerprint(
+        (name, td.ids, td.pos_keys, [td.query.lengths, td.pos.lengths] + [n.lengths for n in td.neg]
+         if self.tokenized else [])
+        for name, td in zip(self.task_names, self.tasks))
 
   @classmethod
   def build(cls, records: Iterable[medi.Record], report: medi.Report, source: str,

@@ -27,7 +27,8 @@ OPERATIONAL = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", 
                "compile_devices", "logical_axis_rules", "grad_cache_chunk", "grad_cache_fsdp",
                "peak_flops_per_device", "debug_nan_step", "resume_allow_changes", "model.remat", "model.attention",
                "model.init_from", "model.init_checkpoint", "eval", "export", "data.medi_path", "data.tfds_data_dir",
-               "data.strict", "data.skip_invalid", "data.max_invalid_fraction")
+               "data.strict", "data.skip_invalid", "data.max_invalid_fraction", "data.source", "data.prepared",
+               "data.mixture_or_task", "data.seqio_modules", "data.seqio_split")  # data content: fingerprinted
 DATA_KEY = "data"   # in resume_allow_changes: accept a change of the data's content (task names and sizes)
 
 
@@ -175,15 +176,26 @@ def validate(config) -> None:
   _number(config, "data.pack_length", low=0, integer=True, optional=True)
   _number(config, "data.pack_max_segments", low=0, integer=True, optional=True)
   _number(config, "data.pack_buckets_per_octave", low=1, integer=True, optional=True)
-  if _get(config, "data_source", "medi") == "medi":
+  _choice(config, "data.source", ("file", "prepared", "seqio"), optional=True)
+  source = _get(config, "data.source", "file") or "file"
+  if _get(config, "data_source", "medi") == "medi" and source == "prepared":
+    folder = _get(config, "data.prepared", "")
+    if not folder:
+      raise ConfigError("--config.data.prepared: empty (a folder written by `python -m instructor_jax.data prepare`)")
+    if not os.path.isdir(folder):
+      raise ConfigError(f"--config.data.prepared: no such folder: {folder}")
+  elif _get(config, "data_source", "medi") == "medi" and source == "seqio":
+    if not _get(config, "data.mixture_or_task", ""):
+      raise ConfigError("--config.data.mixture_or_task: empty (a registered seqio Task or Mixture, e.g. medi)")
+  elif _get(config, "data_source", "medi") == "medi":
     tfds_dir, path = _get(config, "data.tfds_data_dir", ""), _get(config, "data.medi_path", "")
     if tfds_dir:
       if not os.path.isdir(tfds_dir):
         raise ConfigError(f"--config.data.tfds_data_dir: no such folder: {tfds_dir}")
     elif not path:
-      raise ConfigError("--config.data.medi_path: empty (a MEDI .json / .jsonl file, or set "
+      raise ConfigError("--config.data.medi_path: empty (a MEDI .json / .jsonl file or a prepared folder, or set "
                         "--config.data.tfds_data_dir)")
-    elif not os.path.isfile(path):
+    elif not os.path.exists(path):
       raise ConfigError(f"--config.data.medi_path: no such file: {path}")
   keys = set(flatten(config))
   for key in allowed_changes(config):

@@ -50,7 +50,8 @@ class Sampler:
 
   def __init__(self, sizes: Sequence[int], global_batch_size: int, seed: int = 0, sampling: str = "proportional",
                temperature: float = 2.0, small_tasks: str = "drop", dedup_positives: bool = False,
-               pos_keys: Optional[Sequence[np.ndarray]] = None, task_names: Optional[Sequence[str]] = None):
+               pos_keys: Optional[Sequence[np.ndarray]] = None, task_names: Optional[Sequence[str]] = None,
+               rates: Optional[Sequence[float]] = None):
     if global_batch_size < 1:
       raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
     if small_tasks not in SMALL_TASKS:
@@ -64,6 +65,9 @@ class Sampler:
     self.seed = int(seed)
     self.sampling, self.temperature, self.small_tasks = sampling, float(temperature), small_tasks
     self.pos_keys = pos_keys
+    if rates is not None and (len(rates) != len(self.sizes) or not all(float(r) >= 0 for r in rates)):
+      raise ValueError(f"rates: expected {len(self.sizes)} non-negative task rates, got {list(rates)}")
+    self.given_rates = None if rates is None else [float(r) for r in rates]
     self.dedup = [False] * len(self.sizes)
     self.dropped: dict[str, str] = {}
     active = []
@@ -85,7 +89,13 @@ class Sampler:
       raise DataError(f"no task can fill a global batch of {self.B} without repeating a record ({why}); use a "
                       f"smaller global_batch_size or more data")
     self.active = np.asarray(active, np.int64)
-    self.rates = task_rates([self.sizes[k] for k in active], sampling, temperature)
+    if self.given_rates is None:
+      self.rates = task_rates([self.sizes[k] for k in active], sampling, temperature)
+    else:  # a seqio Mixture's rates, renormalised over the tasks kept
+      w = np.asarray([self.given_rates[k] for k in active], np.float64)
+      if not w.sum() > 0:
+        raise DataError(f"every task that can fill a global batch of {self.B} has rate 0")
+      self.rates = w / w.sum()
     self._blocks: list[np.ndarray] = []    # task draws (indices into `active`) per block
     self._prefix: list[np.ndarray] = [np.zeros(len(active), np.int64)]  # occurrences before each block
     self._epoch_batches: dict[int, list[int]] = {}  # dedup tasks: batches per epoch
@@ -98,8 +108,9 @@ class Sampler:
             "dropped_tasks": dict(self.dropped)}
 
   def fingerprint(self) -> str:
-    blob = json.dumps([self.names, self.sizes, self.B, self.seed, self.sampling, self.temperature,
-                       self.small_tasks, self.dedup], sort_keys=True)
+    fields = [self.names, self.sizes, self.B, self.seed, self.sampling, self.temperature, self.small_tasks,
+              self.dedup]
+    blob = json.dumps(fields + ([self.given_rates] if self.given_rates is not None else []), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
   # -- which task -------------------------------------------------------------------------------------------------

@@ -9,18 +9,23 @@
 Every task has the same two preprocessors: ``raw_features`` (nothing to do for the sources above; kept so custom
 sources can plug in) and ``tokenize_medi``, which calls ``instructor_jax.features.Featurizer`` -- the *same* Python
 function the ``TrainStream`` uses (``instruction + text`` with ``</s>``, per-side truncation, instruction length
-``n``) -- through ``tf.numpy_function``. Output features (all int32): ``query_tokens [Lq]``, ``query_instr_len []``,
-``pos_tokens [Ld]``, ``pos_instr_len []``, ``neg_tokens [N, Ld]``, ``neg_instr_len [N]``, plus ``record_id`` (int64,
-the source index). Token features declare ``seqio.SentencePieceVocabulary`` on the checkpoint's ``spiece.model``; its
-ids equal the encoder tokenizer's ids (tests/test_data.py), so ``vocabulary.decode`` shows the text.
+``n``) -- through ``tf.numpy_function``, truncating to the ``sequence_length`` seqio hands it (``for_lengths``: a
+Task registered once serves any training lengths; without one, the registration's lengths). Output features (all
+int32): ``query_tokens [Lq]``, ``query_instr_len []``, ``pos_tokens [Ld]``, ``pos_instr_len []``, ``neg_tokens [N,
+Ld]``, ``neg_instr_len [N]``, plus ``record_id`` (int64, the source index) and ``pos_key`` (int64, the file source's
+key of the positive, for ``dedup_positives``). Token features declare ``seqio.SentencePieceVocabulary`` on the
+checkpoint's ``spiece.model``; its ids equal the encoder tokenizer's ids (tests/test_data.py), so
+``vocabulary.decode`` shows the text.
 
-Mixture rates follow ``config.data.sampling`` (``instructor_jax.sampling.task_rates``). A seqio Mixture interleaves
-*examples*; training batches, which must each come from one task, are made by ``instructor_jax.data.TrainStream``
-(its ``Sampler`` picks a task and rows; ``process_index/process_count`` play the role of ``seqio.ShardInfo``).
-``MediFeatureConverter`` pads to fixed lengths.
+Mixture rates follow ``sampling`` / ``temperature`` at registration (``instructor_jax.sampling.task_rates``). A
+seqio Mixture interleaves *examples*; training batches, which must each come from one task, are made by
+``instructor_jax.data.TrainStream``: ``config.data.source=seqio`` with ``config.data.mixture_or_task=medi`` reads
+these Tasks (``instructor_jax/seqio_source.py``) and draws one Task per global batch with the Mixture's rates.
+``MediFeatureConverter`` pads to fixed lengths (for other seqio consumers).
 
 If the environment variable ``MEDI_PATH`` (a MEDI file) or ``MEDI_TFDS_DIR`` is set, importing this module registers
-the ``medi`` mixture from it with the default tokenizer (``instructor_jax/assets/t5-vocab``).
+the ``medi`` mixture from it with the default tokenizer (``instructor_jax/assets/t5-vocab``; ``MEDI_TOKENIZER_DIR``
+names another) and ``MEDI_SAMPLING`` / ``MEDI_TEMPERATURE`` (default proportional, 2.0).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import tensorflow as tf
 
 from instructor_jax import medi
 from instructor_jax.features import PAD_ID, Featurizer
+from instructor_jax.tokenization import join_instruction
 from instructor_jax.sampling import task_rates
 from tasks import hide_gpus_from_tf
 
@@ -56,7 +62,7 @@ def output_features(vocab: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   num = lambda rank, dtype=tf.int32: seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=dtype,
                                                    rank=rank)
   return {"query_tokens": ids(1), "query_instr_len": num(0), "pos_tokens": ids(1), "pos_instr_len": num(0),
-          "neg_tokens": ids(2), "neg_instr_len": num(1), "record_id": num(0, tf.int64)}
+          "neg_tokens": ids(2), "neg_instr_len": num(1), "record_id": num(0, tf.int64), "pos_key": num(0, tf.int64)}
 
 
 def task_name(prefix: str, task: str) -> str:
@@ -107,8 +113,24 @@ def raw_features(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.map(lambda ex: {k: ex[k] for k in RAW_KEYS}, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def tokenize_medi(ds: tf.data.Dataset, featurizer: Featurizer) -> tf.data.Dataset:
-  """Raw MEDI example -> token features, through ``Featurizer`` (the TrainStream's implementation)."""
+def for_lengths(featurizer: Featurizer, sequence_length) -> Featurizer:
+  """``featurizer`` with the lengths seqio passes to preprocessors (``sequence_length``: ``query_tokens``,
+  ``pos_tokens``, ``neg_tokens`` as ``Ld`` or ``[N, Ld]``), so a Task registered once serves any config."""
+  if not sequence_length or sequence_length.get("query_tokens") is None:
+    return featurizer
+  neg = sequence_length.get("neg_tokens")
+  if isinstance(neg, (list, tuple)):
+    n, ld = neg
+  else:
+    n, ld = featurizer.num_negatives, neg or sequence_length["pos_tokens"]
+  return Featurizer(featurizer.doc_tok, int(sequence_length["query_tokens"]), int(ld), int(n))
+
+
+def tokenize_medi(ds: tf.data.Dataset, featurizer: Featurizer, sequence_length=None) -> tf.data.Dataset:
+  """Raw MEDI example -> token features, through ``Featurizer`` (the TrainStream's implementation), truncated to
+  seqio's ``sequence_length`` when given (``for_lengths``). ``pos_key`` is the file source's positive key (a stable
+  hash of the joined positive text), what ``dedup_positives`` compares."""
+  featurizer = for_lengths(featurizer, sequence_length)
   N = featurizer.num_negatives
 
   def py(qi, qt, pi, pt, ni, nt, rid):
@@ -123,17 +145,18 @@ def tokenize_medi(ds: tf.data.Dataset, featurizer: Featurizer) -> tf.data.Datase
       neg_tokens[j, :len(e.ids)] = e.ids
     return (np.asarray(f["query"][0].ids, np.int32), np.int32(f["query"][0].instr_len),
             np.asarray(f["pos"][0].ids, np.int32), np.int32(f["pos"][0].instr_len), neg_tokens,
-            np.asarray([e.instr_len for e in negs], np.int32).reshape(N))
+            np.asarray([e.instr_len for e in negs], np.int32).reshape(N),
+            np.int64(medi.stable_hash(join_instruction(rec.pos.instruction, rec.pos.text))))
 
   def fn(ex):
     out = tf.numpy_function(py, [ex["query_instruction"], ex["query_text"], ex["pos_instruction"], ex["pos_text"],
                                  ex["neg_instruction"], ex["neg_text"], ex["record_id"]],
-                            [tf.int32, tf.int32, tf.int32, tf.int32, tf.int32, tf.int32], stateful=False)
-    shapes = ([None], [], [None], [], [N, None], [N])
+                            [tf.int32, tf.int32, tf.int32, tf.int32, tf.int32, tf.int32, tf.int64], stateful=False)
+    shapes = ([None], [], [None], [], [N, None], [N], [])
     for t, s in zip(out, shapes):
       t.set_shape(s)
     return {"query_tokens": out[0], "query_instr_len": out[1], "pos_tokens": out[2], "pos_instr_len": out[3],
-            "neg_tokens": out[4], "neg_instr_len": out[5], "record_id": ex["record_id"]}
+            "neg_tokens": out[4], "neg_instr_len": out[5], "record_id": ex["record_id"], "pos_key": out[6]}
 
   return ds.map(fn, num_parallel_calls=1, deterministic=True)
 
@@ -147,7 +170,7 @@ class MediFeatureConverter(seqio.FeatureConverter):
   TASK_FEATURES = {"query_tokens": _F(tf.int32, 1), "query_instr_len": _F(tf.int32, 0),
                    "pos_tokens": _F(tf.int32, 1), "pos_instr_len": _F(tf.int32, 0),
                    "neg_tokens": _F(tf.int32, 2, sequence_dim=1), "neg_instr_len": _F(tf.int32, 1),
-                   "record_id": _F(tf.int64, 0)}
+                   "record_id": _F(tf.int64, 0), "pos_key": _F(tf.int64, 0)}
   MODEL_FEATURES = TASK_FEATURES
   PACKING_FEATURE_DTYPES = {}
 
@@ -185,7 +208,7 @@ def feature_lengths(max_query_length: int, max_doc_length: int, num_negatives: i
   """``task_feature_lengths`` for ``seqio.get_dataset(..., feature_converter=MediFeatureConverter())``."""
   return {"query_tokens": max_query_length, "query_instr_len": None, "pos_tokens": max_doc_length,
           "pos_instr_len": None, "neg_tokens": [num_negatives, max_doc_length], "neg_instr_len": [num_negatives],
-          "record_id": None}
+          "record_id": None, "pos_key": None}
 
 
 # -- registration ----------------------------------------------------------------------------------------------------
@@ -231,4 +254,7 @@ def register_medi(medi_path: str = "", tfds_data_dir: str = "", tokenizer_dir: s
 
 
 if os.environ.get("MEDI_PATH") or os.environ.get("MEDI_TFDS_DIR"):
-  register_medi(medi_path=os.environ.get("MEDI_PATH", ""), tfds_data_dir=os.environ.get("MEDI_TFDS_DIR", ""))
+  register_medi(medi_path=os.environ.get("MEDI_PATH", ""), tfds_data_dir=os.environ.get("MEDI_TFDS_DIR", ""),
+                tokenizer_dir=os.environ.get("MEDI_TOKENIZER_DIR", "") or DEFAULT_TOKENIZER_DIR,
+                sampling=os.environ.get("MEDI_SAMPLING", "proportional"),
+                temperature=float(os.environ.get("MEDI_TEMPERATURE", "2.0")))

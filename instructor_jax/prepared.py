@@ -1,0 +1,480 @@
+"""Prepared MEDI features: tokenise once, then every restart loads a small index and reads only its own rows.
+
+``python -m instructor_jax.data prepare --medi FILE --out DIR [--tokenizer DIR] [--max-query-length 512
+--max-doc-length 512 --num-negatives 1]`` writes, once, what ``features.MediIndex`` builds at every start from a
+MEDI file (the same ``Featurizer`` rule, the same validation and ``skip_invalid`` report), as memory-mappable numpy
+shards plus a manifest::
+
+  DIR/manifest.json           format + version, the tokenizer's fingerprint, max_query_length, max_doc_length,
+                              num_negatives, the token dtype, the source file, the validation report, the tasks and
+                              their record counts, the shards (file, tokens, records, bytes), the content
+                              fingerprint (the file source's ``MediIndex.fingerprint``) and the index's sha256
+  DIR/index.npz               per record, in task order (task names sorted, records in source order):
+                              ``record_id`` [R] int64, ``pos_key`` [R] int64, ``lengths`` [R, W] int32,
+                              ``instr_len`` [R, W] int32 (W = 2 + num_negatives: query, positive, negatives),
+                              ``token_offset`` [R] int64 (where the record's W sequences start in the token stream),
+                              ``task_offsets`` [T + 1], ``shard_tokens`` [S + 1] (token stream start of each shard)
+  DIR/tokens-00000-of-000SS.npy   the token stream (uint16, int32 for vocabularies of 65,536 or more), cut at record
+                              boundaries into shards of about ``--shard-mb``
+
+Why numpy shards (and not TFRecord / ArrayRecord): a training host needs two things, the lengths of *every*
+sequence (the step's packing layout is computed from the whole global batch on every host, ``packing.py``) and the
+tokens of *its own* rows. The first is a few arrays loaded in one read (``index.npz``: 24 bytes per sequence, about
+110 MB for the 1.4M-record MEDI); the second is a byte range per sequence read with ``os.pread``, no decoding, no
+TensorFlow, no reader state to checkpoint. TFRecord cannot seek to a record; ArrayRecord can, but each read
+decodes a record and the lengths would still need their own index. ``np.load(shard, mmap_mode="r")`` opens a shard
+for inspection; the files need a POSIX file system (local disk, NFS, gcsfuse).
+
+Atomic: everything is written into ``DIR.incomplete-<pid>-<random>`` and renamed to ``DIR`` after the manifest
+(written last); a folder without a manifest is never read. ``PreparedIndex`` checks at start that the tokenizer,
+lengths and negatives match the training config, that every shard is there with its size, and that the index is
+intact (sha256), each a one-line ``DataError``.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from typing import Optional, Sequence
+
+import numpy as np
+
+from instructor_jax import medi
+from instructor_jax.errors import DataError
+from instructor_jax.features import (MAX_INVALID_FRACTION, _TOKENIZE_CHUNK, Featurizer, check_invalid,
+                                     content_fingerprint)
+from instructor_jax.tokenization import join_instruction
+
+log = logging.getLogger(__name__)
+
+FORMAT = "instructor_jax.prepared_medi"
+VERSION = 1
+MANIFEST = "manifest.json"
+INDEX = "index.npz"
+DEFAULT_SHARD_MB = 256
+_COPY_TOKENS = 1 << 24             # tokens per block when the spill files are copied into shards
+_PROBES = ("Represent the title: A title", "  Ünïcode  text\twith   spaces ", "x", "</s> <pad> literal")
+
+
+def tokenizer_fingerprint(featurizer: Featurizer) -> str:
+  """A digest of what the tokenizer *does*: its vocabulary, pad / closing ids and the ids of a few probe strings
+  (two folders with the same vocabulary file but other normaliser settings differ)."""
+  tok = featurizer.doc_tok
+  h = hashlib.sha256()
+  h.update(json.dumps(sorted(tok.hf.get_vocab().items())).encode())
+  h.update(json.dumps([tok.pad_id, tok.eos_id, tok.encode_texts(list(_PROBES))]).encode())
+  return h.hexdigest()[:16]
+
+
+def tokenizer_files_digest(folder: str) -> str:
+  """sha256 of the names and contents of a tokenizer folder's files (not recursive): the cheap check at start."""
+  h = hashlib.sha256()
+  for name in sorted(os.listdir(folder)):
+    p = os.path.join(folder, name)
+    if os.path.isfile(p):
+      h.update(name.encode() + b"\0")
+      with open(p, "rb") as f:
+        h.update(hashlib.sha256(f.read()).digest())
+  return h.hexdigest()[:16]
+
+
+def shard_name(i: int, n: int) -> str:
+  return f"tokens-{i:05d}-of-{n:05d}.npy"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+class _Spill:
+  """Tokens per task appended to temporary files while reading (constant memory), metadata kept as arrays."""
+
+  def __init__(self, folder: str, width: int, dtype):
+    self.folder, self.width, self.dtype = folder, width, np.dtype(dtype)
+    self.files: dict[str, object] = {}
+    self.meta: dict[str, list[tuple[np.ndarray, ...]]] = {}
+
+  def add(self, task: str, record_ids: np.ndarray, pos_keys: np.ndarray, seqs: Sequence[Sequence]) -> None:
+    """``seqs[i]`` = the ``W`` ``Encoded`` sequences of record ``i`` (query, positive, negatives)."""
+    if task not in self.files:
+      self.files[task] = open(os.path.join(self.folder, f"spill-{len(self.files)}.bin"), "wb")
+      self.meta[task] = []
+    lengths = np.asarray([[len(e.ids) for e in rec] for rec in seqs], np.int32).reshape(-1, self.width)
+    instr = np.asarray([[e.instr_len for e in rec] for rec in seqs], np.int32).reshape(-1, self.width)
+    ids = np.fromiter((t for rec in seqs for e in rec for t in e.ids), np.int64, int(lengths.sum()))
+    self.files[task].write(ids.astype(self.dtype).tobytes())
+    self.meta[task].append((np.asarray(record_ids, np.int64), np.asarray(pos_keys, np.int64), lengths, instr))
+
+  def close(self) -> None:
+    for f in self.files.values():
+      f.close()
+
+
+def _write_shards(spill: _Spill, names: list[str], folder: str, shard_bytes: int) -> tuple[list[dict], dict]:
+  """Concatenates the tasks (sorted names) into shards cut at record boundaries; returns (shards, index arrays)."""
+  parts = {k: [np.concatenate([m[i] for m in spill.meta[n]]) for n in names] for i, k in
+           enumerate(("record_id", "pos_key", "lengths", "instr_len"))}
+  arrays = {k: np.concatenate(v) for k, v in parts.items()}
+  sizes = [len(ids) for ids in parts["record_id"]]
+  per_record = arrays["lengths"].sum(axis=1).astype(np.int64)
+  ends = np.cumsum(per_record)
+  arrays["token_offset"] = ends - per_record
+  arrays["task_offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+  total = int(ends[-1]) if len(ends) else 0
+  per_shard = max(1, shard_bytes // spill.dtype.itemsize)
+  cuts, start = [0], 0          # record boundaries: a shard closes at the first record end past `per_shard` tokens
+  while start < total:
+    r = int(np.searchsorted(ends, start + per_shard, side="left"))
+    stop = int(ends[min(r, len(ends) - 1)])
+    cuts.append(stop)
+    start = stop
+  arrays["shard_tokens"] = np.asarray(cuts, np.int64)
+  n = len(cuts) - 1
+  shards, readers = [], [(open(spill.files[t].name, "rb")) for t in names]
+  try:
+    src = iter(readers)
+    current, left = next(src, None), b""
+    for i in range(n):
+      count = cuts[i + 1] - cuts[i]
+      name = shard_name(i, n)
+      out = np.lib.format.open_memmap(os.path.join(folder, name), mode="w+", dtype=spill.dtype, shape=(count,))
+      done = 0
+      while done < count:  # the token stream, task file after task file
+        want = min(count - done, _COPY_TOKENS) * spill.dtype.itemsize
+        while len(left) < want and current is not None:
+          more = current.read(want - len(left))
+          if not more:
+            current = next(src, None)
+            continue
+          left += more
+        block, left = left[:want], left[want:]
+        if not block:
+          raise RuntimeError(f"token spill ended {count - done} tokens early while writing {name}")
+        got = np.frombuffer(block, spill.dtype)
+        out[done:done + len(got)] = got
+        done += len(got)
+      out.flush()
+      del out
+      shards.append({"file": name, "tokens": int(count), "bytes": os.path.getsize(os.path.join(folder, name))})
+  finally:
+    for f in readers:
+      f.close()
+  return shards, arrays
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _clear_stale(out_dir: str) -> None:
+  """Removes ``DIR.incomplete-<pid>-*`` folders left by prepares whose process is gone (a crash, a kill -9)."""
+  for path in glob.glob(glob.escape(out_dir) + ".incomplete-*"):
+    try:
+      pid = int(os.path.basename(path).rsplit(".incomplete-", 1)[1].split("-")[0])
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      shutil.rmtree(path, ignore_errors=True)
+    except (ValueError, IndexError, PermissionError):
+      continue
+
+
+def prepare(medi_path: str, out_dir: str, featurizer: Featurizer, strict: bool = False, skip_invalid: bool = False,
+            max_invalid_fraction: float = MAX_INVALID_FRACTION, shard_mb: float = DEFAULT_SHARD_MB,
+            overwrite: bool = False, progress: bool = True, tokenizer_dir: str = "") -> dict:
+  """Tokenises ``medi_path`` once with ``featurizer`` into ``out_dir`` (see the module docstring); returns the
+  manifest. Records are those ``MediIndex.from_file`` loads with the same options, in the same order."""
+  from tqdm import tqdm
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  if not tokenizer_dir and os.path.isdir(getattr(featurizer.doc_tok.hf, "name_or_path", "") or ""):
+    tokenizer_dir = featurizer.doc_tok.hf.name_or_path  # the folder the tokenizer was loaded from
+  if not os.path.isfile(medi_path):
+    raise DataError(f"MEDI file not found: {medi_path}")
+  if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
+    raise DataError(f"{out_dir} already holds prepared data; remove it or pass --overwrite")
+  if os.path.exists(out_dir) and not os.path.exists(os.path.join(out_dir, MANIFEST)) and os.listdir(out_dir):
+    raise DataError(f"{out_dir} exists and is not a prepared folder; choose an empty or new --out")
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  _clear_stale(out_dir)
+  t0 = time.time()
+  tmp = f"{out_dir}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  os.makedirs(tmp)
+  width = 2 + featurizer.num_negatives
+  dtype = np.uint16 if featurizer.doc_tok.vocab_size <= 65536 else np.int32
+  spill = _Spill(tmp, width, dtype)
+  report = medi.Report(medi_path)
+  bar = None
+  try:
+    pending: list[medi.Record] = []
+
+    def flush():
+      f = featurizer(pending)
+      by_task: dict[str, list[int]] = {}
+      for i, r in enumerate(pending):
+        by_task.setdefault(r.task, []).append(i)
+      for task, idx in by_task.items():
+        spill.add(task, np.asarray([pending[i].index for i in idx]),
+                  np.asarray([medi.stable_hash(join_instruction(pending[i].pos.instruction, pending[i].pos.text))
+                              for i in idx]),
+                  [[f["query"][i], f["pos"][i], *f["neg"][i]] for i in idx])
+      pending.clear()
+
+    bar = tqdm(desc=f"prepare {os.path.basename(medi_path)}", unit=" records", unit_scale=True, disable=not progress,
+               dynamic_ncols=True, mininterval=1.0)
+    for rec in medi.read_medi(medi_path, strict=strict, skip_invalid=skip_invalid, report=report):
+      try:
+        featurizer.check_negatives(rec)
+      except medi.MediError as e:
+        raise medi.MediError(medi_path, rec.line, rec.index, e.cls, e.message) from None
+      pending.append(rec)
+      if len(pending) >= _TOKENIZE_CHUNK:
+        flush()
+        bar.update(_TOKENIZE_CHUNK)
+    n_last = len(pending)
+    if pending:
+      flush()
+    bar.update(n_last)
+    bar.close()
+    spill.close()
+    check_invalid(report, max_invalid_fraction)
+    if not spill.files:
+      raise DataError(f"{medi_path}: no valid MEDI records ({report.summary()})")
+    names = sorted(spill.files)
+    shards, arrays = _write_shards(spill, names, tmp, int(shard_mb * (1 << 20)))
+    for f in spill.files.values():
+      os.remove(f.name)
+    index_path = os.path.join(tmp, INDEX)
+    with open(index_path, "wb") as f:
+      np.savez(f, **arrays)
+    stat = os.stat(medi_path)
+    manifest = {
+        "format": FORMAT, "version": VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tokenizer": {"fingerprint": tokenizer_fingerprint(featurizer), "dir": os.path.abspath(tokenizer_dir)
+                      if tokenizer_dir else "", "vocab_size": featurizer.doc_tok.vocab_size,
+                      "files_sha256": tokenizer_files_digest(tokenizer_dir) if tokenizer_dir else ""},
+        "max_query_length": featurizer.max_query_length, "max_doc_length": featurizer.max_doc_length,
+        "num_negatives": featurizer.num_negatives, "token_dtype": np.dtype(dtype).name,
+        "source": {"path": os.path.abspath(medi_path), "bytes": stat.st_size, "mtime": stat.st_mtime},
+        "options": {"strict": strict, "skip_invalid": skip_invalid, "max_invalid_fraction": max_invalid_fraction},
+        "report": report.to_dict(),
+        "tasks": [{"name": n, "records": int(arrays["task_offsets"][k + 1] - arrays["task_offsets"][k])}
+                  for k, n in enumerate(names)],
+        "records": int(len(arrays["record_id"])), "tokens": int(arrays["shard_tokens"][-1]), "shards": shards,
+        "fingerprint": _fingerprint(names, arrays), "index_sha256": _sha256(index_path),
+        "prepare_s": round(time.time() - t0, 1),
+    }
+    with open(os.path.join(tmp, MANIFEST), "w") as f:  # last: a folder without it is never read
+      json.dump(manifest, f, indent=1)
+    if os.path.exists(out_dir):
+      old = f"{out_dir}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+      os.rename(out_dir, old)
+      os.rename(tmp, out_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, out_dir)
+    return manifest
+  except BaseException:
+    if bar is not None:
+      bar.close()
+    spill.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def _fingerprint(names: Sequence[str], arrays: dict) -> str:
+  """The file source's ``MediIndex.fingerprint`` from the index arrays (equal for the same data)."""
+  off = arrays["task_offsets"]
+  per_task = []
+  for k, name in enumerate(names):
+    a, b = int(off[k]), int(off[k + 1])
+    lengths = arrays["lengths"][a:b]
+    per_task.append((name, arrays["record_id"][a:b], arrays["pos_key"][a:b],
+                     [lengths[:, t] for t in range(lengths.shape[1])]))
+  return content_fingerprint(per_task)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def is_prepared(path: str) -> bool:
+  """A folder that holds (or was meant to hold) prepared data: ``manifest.json`` or ``index.npz`` inside."""
+  path = os.fspath(path)
+  return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in (MANIFEST, INDEX))
+
+
+def read_manifest(path: str) -> dict:
+  """The manifest of a prepared folder; a one-line ``DataError`` when the folder is not (or not yet) prepared."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise DataError(f"{path}: no such prepared folder (write one with `python -m instructor_jax.data prepare "
+                    f"--medi FILE --out {path}`)")
+  mpath = os.path.join(path, MANIFEST)
+  if not os.path.isfile(mpath):
+    raise DataError(f"{path}: no {MANIFEST}: not a prepared folder, or its preparation did not finish (a prepare "
+                    f"writes the manifest last); run `python -m instructor_jax.data prepare` again")
+  try:
+    with open(mpath) as f:
+      manifest = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise DataError(f"{mpath}: unreadable manifest ({e})") from None
+  if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    raise DataError(f"{mpath}: format {manifest.get('format')!r} version {manifest.get('version')!r}, this code "
+                    f"reads {FORMAT!r} version {VERSION}; prepare the data again")
+  return manifest
+
+
+class _Side:
+  """One column (query, positive or a negative) of one task: the ``_Ragged`` interface over the index + shards."""
+
+  def __init__(self, index: "PreparedIndex", a: int, b: int, t: int):
+    self._index, self._a, self._t = index, a, t
+    self.lengths = index.lengths[a:b, t]
+    self.instr_len = index.instr_len[a:b, t]
+
+  def row(self, i: int) -> np.ndarray:
+    g = self._a + int(i)
+    start = int(self._index.token_offset[g]) + int(self._index.lengths[g, :self._t].sum())
+    return self._index.read_tokens(start, int(self._index.lengths[g, self._t]))
+
+
+class _Task:
+  def __init__(self, index: "PreparedIndex", k: int):
+    a, b = int(index.task_offsets[k]), int(index.task_offsets[k + 1])
+    self.ids = index.record_id[a:b]
+    self.pos_keys = index.pos_key[a:b]
+    self.query = _Side(index, a, b, 0)
+    self.pos = _Side(index, a, b, 1)
+    self.neg = [_Side(index, a, b, 2 + j) for j in range(index.lengths.shape[1] - 2)]
+
+
+class PreparedIndex:
+  """A prepared folder with the ``features.MediIndex`` interface: the index in memory, tokens read on demand.
+
+  ``tasks[k].query.row(i)`` reads one sequence's tokens from its shard (``os.pread``: nothing else of the shard is
+  read or mapped); ``reads`` counts the sequences read (the tests check that a host reads only its rows).
+  """
+
+  tokenized = True
+
+  def __init__(self, path: str, verify: bool = True):
+    self.path = os.path.abspath(os.fspath(path))
+    self.manifest = m = read_manifest(self.path)
+    self.source = self.path
+    self._fds, self._data_offset = [], []
+    for s in m["shards"]:
+      p = os.path.join(self.path, s["file"])
+      if not os.path.isfile(p):
+        raise DataError(f"{self.path}: shard {s['file']} is missing ({len(m['shards'])} shards in {MANIFEST}); "
+                        f"restore it or prepare the data again")
+      if os.path.getsize(p) != s["bytes"]:
+        raise DataError(f"{p}: {os.path.getsize(p)} bytes, {MANIFEST} says {s['bytes']}: the shard is damaged or "
+                        f"from another preparation; prepare the data again")
+    ipath = os.path.join(self.path, INDEX)
+    if not os.path.isfile(ipath):
+      raise DataError(f"{self.path}: {INDEX} is missing; prepare the data again")
+    if verify and _sha256(ipath) != m["index_sha256"]:
+      raise DataError(f"{ipath}: sha256 differs from {MANIFEST}: the index is damaged; prepare the data again")
+    try:
+      with np.load(ipath) as z:
+        for key in ("record_id", "pos_key", "lengths", "instr_len", "token_offset", "task_offsets", "shard_tokens"):
+          setattr(self, key, z[key])
+    except (OSError, ValueError, KeyError, EOFError) as e:  # only without verify: a damaged or foreign index
+      raise DataError(f"{ipath}: unreadable index ({e}); prepare the data again") from None
+    self.dtype = np.dtype(m["token_dtype"])
+    for s in m["shards"]:
+      p = os.path.join(self.path, s["file"])
+      try:
+        view = np.load(p, mmap_mode="r")  # reads the header only; the data offset is where pread starts
+      except (OSError, ValueError) as e:
+        raise DataError(f"{p}: not a readable token shard ({e}); prepare the data again") from None
+      if view.dtype != self.dtype or view.shape != (s["tokens"],):
+        raise DataError(f"{p}: holds {view.shape} {view.dtype}, {MANIFEST} says ({s['tokens']},) {self.dtype}")
+      self._data_offset.append(int(view.offset))
+      del view
+      self._fds.append(os.open(p, os.O_RDONLY))
+    self.task_names = [t["name"] for t in m["tasks"]]
+    self.tasks = [_Task(self, k) for k in range(len(self.task_names))]
+    self.report = medi.Report(m["source"]["path"])
+    rep = m["report"]
+    self.report.read, self.report.valid = rep.get("records_read", 0), rep.get("valid", 0)
+    self.report.counts.update(rep.get("skipped_by_class", {}))
+    for cls, ex in rep.get("examples", {}).items():
+      self.report.examples[cls] = list(ex)
+    self.reads = 0
+
+  @property
+  def sizes(self) -> list[int]:
+    return [len(t.ids) for t in self.tasks]
+
+  def fingerprint(self) -> str:
+    return self.manifest["fingerprint"]
+
+  def read_tokens(self, start: int, count: int) -> np.ndarray:
+    """``count`` tokens of the token stream from ``start`` (one ``pread`` in the shard that holds them)."""
+    s = int(np.searchsorted(self.shard_tokens, start, side="right")) - 1
+    size = self.dtype.itemsize
+    offset = self._data_offset[s] + (start - int(self.shard_tokens[s])) * size
+    buf = os.pread(self._fds[s], count * size, offset)
+    if len(buf) != count * size:
+      raise DataError(f"{self.path}/{self.manifest['shards'][s]['file']}: short read at token {start} (the shard "
+                      f"was truncated after the start)")
+    self.reads += 1
+    return np.frombuffer(buf, self.dtype)
+
+  def check(self, max_query_length: int, max_doc_length: int, num_negatives: int, featurizer,
+            tokenizer_dir: str = "", where: str = "config.data") -> None:
+    """Fails when the folder was prepared for another tokenizer, other lengths or another number of negatives.
+
+    The tokenizer is loaded (``featurizer``: a ``Featurizer`` or a callable making one) only when the files of
+    ``tokenizer_dir`` differ from those it was prepared with: a restart does not import transformers.
+    """
+    m = self.manifest
+    want = {"max_query_length": int(max_query_length), "max_doc_length": int(max_doc_length),
+            "num_negatives": int(num_negatives)}
+    bad = [f"{where}.{k}={v} but the data was prepared with {m[k]}" for k, v in want.items() if m[k] != v]
+    tok = m["tokenizer"]
+    same_files = bool(tokenizer_dir) and tok.get("files_sha256") == tokenizer_files_digest(tokenizer_dir)
+    if not bad and not same_files:
+      fp = tokenizer_fingerprint(featurizer if isinstance(featurizer, Featurizer) else featurizer())
+      if fp != tok["fingerprint"]:
+        bad.append(f"the model's tokenizer (fingerprint {fp}) is not the one the data was prepared with "
+                   f"({tok['fingerprint']}, from {tok['dir'] or '?'})")
+    if bad:
+      raise DataError(f"{self.path}: {'; '.join(bad)}; prepare it again for this config (python -m "
+                      f"instructor_jax.data prepare --medi {m['source']['path']} --out NEW_DIR --tokenizer DIR "
+                      f"--max-query-length {want['max_query_length']} --max-doc-length {want['max_doc_length']} "
+                      f"--num-negatives {want['num_negatives']})")
+
+  def close(self) -> None:
+    for fd in self._fds:
+      os.close(fd)
+    self._fds = []
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # interpreter shutdown
+      pass
+
+
+def open_prepared(path: str, featurizer=None, lengths: Optional[Sequence[int]] = None,
+                  tokenizer_dir: str = "") -> PreparedIndex:
+  """``PreparedIndex(path)``, checked against the training config: ``lengths`` = ``(max_query_length,
+  max_doc_length, num_negatives)`` (default: the ``Featurizer``'s) and the tokenizer (``featurizer``: a
+  ``Featurizer`` or a callable making one, used only when ``tokenizer_dir``'s files differ; see ``check``)."""
+  index = PreparedIndex(path)
+  if featurizer is not None:
+    if lengths is None:
+      lengths = (featurizer.max_query_length, featurizer.max_doc_length, featurizer.num_negatives)
+    index.check(*lengths, featurizer, tokenizer_dir)
+  return index
