@@ -45,7 +45,7 @@ DEMO = os.path.join(ROOT, "configs", "demo.py")
 def _templates(shared: str):
   """(tasks: [(name, query instructions, doc instructions)], word counts per side, vocabulary)."""
   sys.path.insert(0, ROOT)
-  from instructor_jax import medi
+  from instructor_jax.data import medi
   medi_dir = os.path.join(shared, "data", "medi")
   tasks = []
   for path in sorted(glob.glob(os.path.join(medi_dir, "instruction-examples", "*.json"))):
@@ -120,7 +120,8 @@ def _rss_mb() -> float:
 def data_stage(source: str, path: str, batches: int = 200) -> dict:
   """In this process: load the demo's stream from ``path`` and serve ``batches`` packed host batches."""
   sys.path.insert(0, ROOT)
-  from instructor_jax import data, packing
+  from instructor_jax.data import stream as data
+  from instructor_jax.data import packing
   import importlib.util
   spec = importlib.util.spec_from_file_location("demo", DEMO)
   demo = importlib.util.module_from_spec(spec)

@@ -157,7 +157,7 @@ def patch_heads_first_attention():
   ``t5.py`` is the same transposes in ``SelfAttention`` (see BENCHMARKS.md).
   """
   import jax.numpy as jnp
-  from instructor_jax import t5
+  from instructor_jax.models import t5
 
   if isinstance(t5.jnp, _HeadsFirstJnp):
     return
@@ -199,7 +199,7 @@ class JaxEncoder:
     self.opts = parse_variant(variant)
     if "hfirst" in self.opts:
       patch_heads_first_attention()
-    from instructor_jax.embedder import Instructor
+    from instructor_jax.models.embedder import Instructor
     self.inst = Instructor.from_pretrained(folder, dtype=getattr(jnp, dtype), max_length=max_length)
     if attention != "xla":  # same weights, other attention kernel (t5.py: T5Config.attention)
       inst = self.inst
@@ -208,7 +208,7 @@ class JaxEncoder:
     self.variant = variant
     self.pack = next((int(o[4:]) for o in self.opts if o.startswith("pack")), 0)
     if self.opts <= {"default", "hfirst"}:  # the shipped encode packs (plan only: `encode` calls it directly)
-      from instructor_jax.embedder import PACK_LENGTH
+      from instructor_jax.models.embedder import PACK_LENGTH
       self.pack = min(PACK_LENGTH, max_length)
 
   def _bucket(self, length: int) -> int:
@@ -226,7 +226,7 @@ class JaxEncoder:
     if self.pack:
       long = [i for i in order if len(encoded[i].ids) > self.pack]
       short = [i for i in order if len(encoded[i].ids) <= self.pack]
-      from instructor_jax.embedder import _pack
+      from instructor_jax.models.embedder import _pack
       rows = _pack(short, [len(e.ids) for e in encoded], self.pack, max(1, self.pack // 8))
       per_call = max(1, batch_size * 32 // self.pack) * (2 if "big" in self.opts else 1)
       per_call = max(1, per_call // 2) if "half" in self.opts else per_call
@@ -248,7 +248,7 @@ class JaxEncoder:
   def encode(self, pairs, batch_size: int = 32) -> np.ndarray:
     if self.opts == {"default"} or self.opts == {"hfirst"}:
       return self.inst.encode(pairs, batch_size=batch_size, show_progress_bar=False)
-    from instructor_jax.embedder import bucket_arrays, packed_arrays
+    from instructor_jax.models.embedder import bucket_arrays, packed_arrays
     inst = self.inst
     pad = inst.tokenizer.pad_id
     encoded = inst.tokenizer.encode(pairs)

@@ -65,7 +65,7 @@ def compile_step(config) -> dict:
   """AOT-compiles the train step for ``config`` (abstract inputs) and returns XLA's memory figures."""
   import jax
   import jax.numpy as jnp
-  from instructor_jax import train
+  from instructor_jax.training import trainer as train
   s = train.setup(config, load_weights=False)
   shapes = train.batch_shapes(config)
   batch = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=s.batch_shardings[k]) for k, v in shapes.items()}
@@ -122,7 +122,9 @@ def _worker(spec: dict) -> dict:
   out, compiled, s = compile_step(config)
   out["devices"] = jax.device_count()
   if spec["kind"] == "scaling":
-    from instructor_jax import data, sharding, train
+    from instructor_jax.data import stream as data
+    from instructor_jax.training import sharding
+    from instructor_jax.training import trainer as train
     out["collectives"] = collectives(compiled.as_text())
     out["param_bytes"] = train.bytes_per_device(s.abstract["params"]) * 1  # replicated under pure DP
     state = train.create_state(s.spec, s.tx, config, s.abstract, s.shardings)
@@ -138,7 +140,9 @@ def _worker(spec: dict) -> dict:
       times.append(time.perf_counter() - t0)
     out["step_s"] = stats(times)
   if spec.get("execute"):
-    from instructor_jax import data, sharding, train
+    from instructor_jax.data import stream as data
+    from instructor_jax.training import sharding
+    from instructor_jax.training import trainer as train
     state = train.create_state(s.spec, s.tx, config, s.abstract, s.shardings)
     stream = data.SyntheticStream(config.data, s.spec.model.config.vocab_size, config.global_batch_size, 0)
     state, m = s.p_step(state, sharding.global_batch(s.mesh, stream.get(0)))

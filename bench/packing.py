@@ -83,7 +83,8 @@ class Trainer:
 
   def __init__(self, config, index, sampler):
     import jax
-    from instructor_jax import data, train
+    from instructor_jax.data import stream as data
+    from instructor_jax.training import trainer as train
     self.jax = jax
     self.s = train.setup(config)
     self.compiler = train.StepCompiler(self.s.p_step, self.s.abstract, self.s.batch_shardings)
@@ -93,7 +94,7 @@ class Trainer:
 
   def prepare(self, step):
     """Host batch, device batch and executable of ``step`` (compiles a new variant here, outside any timer)."""
-    from instructor_jax import sharding
+    from instructor_jax.training import sharding
     host = self.stream.get(step)
     exe = self.compiler.get(host)
     batch = sharding.global_batch(self.s.mesh, host)
@@ -110,7 +111,8 @@ class Trainer:
 def step_bench(args) -> dict:
   set_threads(args.threads)
   import jax
-  from instructor_jax import features, sampling
+  from instructor_jax.data import features
+  from instructor_jax.data import sampling
   cfg = make_config(args.size, args.global_batch, args.medi, True, args.grad_cache_chunk, args.length, args.remat,
                     args.dtype)
   t0 = time.time()
@@ -147,7 +149,8 @@ def step_bench(args) -> dict:
 
 def summarize(args, rows, packed, padded) -> dict:
   import jax
-  from instructor_jax import step as step_lib, train
+  from instructor_jax.training import step as step_lib
+  from instructor_jax.training import trainer as train
   timed = rows[args.warmup:]
   real = np.array([r["real_tokens"] for r in timed])
   comp = np.array([r["computed_tokens"] for r in timed])
@@ -228,7 +231,9 @@ def bar(args) -> dict:
 
 def layouts(args) -> dict:
   """Packing efficiency of ``--steps`` steps of the real stream, layouts only (no model): what a long run sees."""
-  from instructor_jax import features, packing, sampling
+  from instructor_jax.data import features
+  from instructor_jax.data import packing
+  from instructor_jax.data import sampling
   t0 = time.time()
   feat = features.Featurizer(os.path.join(REPO, "instructor_jax", "assets", "t5-vocab"), args.length, args.length, 1)
   index = features.MediIndex.from_file(args.medi, skip_invalid=True, featurizer=feat)

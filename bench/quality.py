@@ -126,7 +126,7 @@ def train_torch(name, medi_path, model_dir, out_dir, steps, seed, dropout: float
   import torch
   import torch.nn.functional as F
   from transformers import BertModel
-  from instructor_jax import data
+  from instructor_jax.data import stream as data
   export = os.path.join(out_dir, "runs", name, "export")
   if os.path.isfile(os.path.join(export, "modules.json")):
     log(f"[{name}] reusing {export}")

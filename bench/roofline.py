@@ -72,7 +72,7 @@ def jax_forward(c: dict, reps: int) -> list:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from instructor_jax.t5 import T5Config, T5Encoder
+  from instructor_jax.models.t5 import T5Config, T5Encoder
   model = T5Encoder(T5Config(**c))
   params = jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.ones((1, 16), jnp.int32),
                                       jnp.ones((1, 16), jnp.int32)))()

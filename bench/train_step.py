@@ -74,7 +74,10 @@ def make_config(size: str, global_batch: int, query_length: int, doc_length: int
 
 class JaxTrainer:
   def __init__(self, config):
-    from instructor_jax import data, sharding, step, train
+    from instructor_jax.data import stream as data
+    from instructor_jax.training import sharding
+    from instructor_jax.training import step
+    from instructor_jax.training import trainer as train
     self.sharding = sharding
     self.config = config
     self.s = train.setup(config)
@@ -165,7 +168,7 @@ class TorchTrainer:
 
 def run(cfg: TrainConfig) -> dict:
   import jax
-  from instructor_jax import train
+  from instructor_jax.training import trainer as train
   config = make_config(cfg.size, cfg.global_batch, cfg.query_length, cfg.doc_length, cfg.num_negatives, cfg.dtype,
                        cfg.remat, cfg.grad_cache_chunk, cfg.mesh_shape, cfg.dropout_rate, cfg.attention)
   jx = JaxTrainer(config)

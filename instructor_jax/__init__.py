@@ -1,15 +1,15 @@
 """instructor_jax: INSTRUCTOR instruction-conditioned text embeddings in JAX/Flax (TPU-first)."""
-from instructor_jax.tokenization import Tokenizer, instruction_length, join_instruction
+from instructor_jax.data.tokenization import Tokenizer, instruction_length, join_instruction
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy: `import instructor_jax` should not pull in JAX for the data tools
   if name in ("Instructor", "InstructorModel"):
-    from instructor_jax import embedder
+    from instructor_jax.models import embedder
     return getattr(embedder, name)
   if name == "T5Config":
-    from instructor_jax.t5 import T5Config
+    from instructor_jax.models.t5 import T5Config
     return T5Config
   raise AttributeError(name)
 

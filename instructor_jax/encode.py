@@ -15,14 +15,12 @@ import tempfile
 
 import numpy as np
 
-from instructor_jax import errors
-from instructor_jax.errors import UserError
+from instructor_jax.core import cli, errors
 
 ALLOWED_KEYS = {"instruction", "text"}
 
 
-class InputError(UserError, ValueError):
-  pass
+InputError = errors.DataError  # core/errors.py
 
 
 def read_jsonl(path: str, default_instruction: str | None = None) -> list:
@@ -80,7 +78,7 @@ def save_atomic(path: str, array: np.ndarray) -> None:
     raise
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
   p = argparse.ArgumentParser(prog="python -m instructor_jax.encode", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", required=True,
@@ -96,13 +94,17 @@ def main(argv=None) -> int:
   p.add_argument("--similarities", action="store_true", help="also print the cosine similarity matrix")
   p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
   args = p.parse_args(argv)
-  return errors.run(lambda _: _encode(args), ["--debug"] if args.debug else [])
+  return _encode(args)
+
+
+def main(argv=None) -> int:
+  return cli.run(_main, argv)
 
 
 def _encode(args) -> int:
   items = read_jsonl(args.input, args.instruction)
   import jax.numpy as jnp
-  from instructor_jax.embedder import Instructor
+  from instructor_jax.models.embedder import Instructor
   model = Instructor.from_pretrained(args.model, dtype=getattr(jnp, args.dtype), max_length=args.max_length)
   emb = model.encode(items, batch_size=args.batch_size, show_progress_bar=sys.stderr.isatty() or None)
   save_atomic(args.output, emb)

@@ -1,215 +1,23 @@
-"""Evaluate an INSTRUCTOR model with MTEB: local task folders (offline, ``--data-dir``) or MTEB 2.x tasks.
+"""``python -m instructor_jax.eval``: evaluate an INSTRUCTOR model with MTEB (``evaluation/runner.py``).
 
-    # offline: one task folder or a folder of task folders (layouts: --help-formats; where to get each set:
-    # README.md, "Where the data comes from"; a bundled 40-pair STS-B subset: tests/fixtures/eval/stsbenchmark)
-    python -m instructor_jax.eval --model DIR --data-dir data/eval --output results/
-    # MTEB 2.x (the task data from the Hugging Face hub or its local cache): task names, task types or benchmarks
+    python -m instructor_jax.eval --model DIR --data-dir data/eval --output results/      # offline task folders
     python -m instructor_jax.eval --model DIR --tasks STSBenchmark,Banking77Classification --output results/
-    python -m instructor_jax.eval --list-tasks [--data-dir DIR] [--tasks ...]   # tasks, types and instructions
-
-A thin CLI over ``evaluation/``: ``local.discover`` finds the local tasks and reads them into mteb's own task
-objects (or our stand-ins for sets that are not MTEB data, ``evaluation/tasks.py``); ``encoder.InstructorEncoder``
-is the model (``--model``: an orbax workdir[/STEP], an exported / sentence-transformers / INSTRUCTOR folder, or a
-hub id; ``--backend jax`` embeds with ``Instructor.encode``, ``torch`` with transformers and the same rule);
-``mteb.evaluate`` scores every task with mteb's evaluators.
-
-Instructions: INSTRUCTOR's table for the model's size (``--instructions FILE | hkunlp/instructor-*``), a task's own
-(``task.json``), or a generic one per task type for a task the table does not list (``evaluation/encoder.py``);
-``--no-instructions`` embeds the bare texts. Each result records the instructions it used.
-
-Outputs in ``--output``: MTEB's result layout, read by ``mteb.ResultCache(OUTPUT)``:
-``results/{org__model}/{revision}/{Task}.json`` + ``model_meta.json`` (the model's ``name`` is ``--model-name`` or
-the hub id or ``local/<folder>``; its ``revision`` the hub commit or a content hash of the weights); beside them
-``summary.md`` (per-task main scores, per-type averages) and ``summary.json``. Embeddings are cached in
-``--cache-dir`` (default ``OUTPUT/.embedding_cache``), keyed by the model's revision, the instruction and the
-texts, so a rerun skips the encoding. Exit status 1 if any task failed (each failure is printed).
+    python -m instructor_jax.eval --list-tasks [--data-dir DIR] [--tasks ...]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
-import time
-import warnings
-from typing import Any, Mapping, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
+from instructor_jax.core import cli, errors
+from instructor_jax.evaluation import local, runner
+from instructor_jax.evaluation.encoder import InstructorEncoder
+from instructor_jax.evaluation.runner import _local_tasks, _offline, list_tasks, run, select_mteb_tasks, write_summary
 
-from instructor_jax.evaluation import local, model as model_lib
-from instructor_jax.evaluation.encoder import Instructions, InstructorEncoder, load_instruction_table
-from instructor_jax.errors import UserError, debug_enabled, report
-
-load_embedder = model_lib.load_embedder  # (embedder, ModelInfo, d_model, cleanup): the demo test and test_bert use it
-# INSTRUCTOR's task types; with --list-tasks and no --tasks, the English MTEB tasks of these types are listed.
-INSTRUCTOR_TYPES = ("Retrieval", "Reranking", "Clustering", "PairClassification", "Classification", "STS",
-                    "Summarization")
-
-
-def select_mteb_tasks(specs: Sequence[str]) -> list:
-  """Task names, task types (``STS``, ``Retrieval``...) or benchmark names -> mteb task objects (English only
-  for a type)."""
-  import typing
-
-  import mteb
-  from mteb.abstasks.task_metadata import TaskType
-  types = set(typing.get_args(TaskType))
-  out, seen = [], set()
-  for spec in specs:
-    if spec in types:
-      found = list(mteb.get_tasks(task_types=[spec], languages=["eng"], modalities=["text"]))
-    else:
-      try:
-        found = list(mteb.get_tasks(tasks=[spec]))
-      except Exception:  # noqa: BLE001 -- not a task name: try a benchmark
-        try:
-          found = list(mteb.get_benchmark(spec).tasks)
-        except Exception as e:  # noqa: BLE001
-          raise ValueError(f"--tasks: {spec!r} is neither an MTEB task, a task type nor a benchmark") from e
-    for t in found:
-      if t.metadata.name not in seen:
-        seen.add(t.metadata.name)
-        out.append(t)
-  return out
-
-
-def _offline() -> bool:
-  from huggingface_hub import constants
-  return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0")
-
-
-def _instruction_cells(instructions: Instructions, metadata) -> tuple[str, str]:
-  """``(instruction(s), source)`` of a task for tables: ``query / document`` for retrieval-type tasks."""
-  args = (metadata.name, metadata.type)
-  adapted = tuple(metadata.adapted_from or ())
-  if metadata.type in ("Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking"):
-    q, d = instructions.get(*args, "query", adapted), instructions.get(*args, "document", adapted)
-    return (f"`{q.text}` / `{d.text}`" if q.text or d.text else "(none)"), q.source
-  ins = instructions.get(*args, "text", adapted)
-  return (f"`{ins.text}`" if ins.text else "(none)"), ins.source
-
-
-def list_tasks(args, out=print) -> int:
-  """``--list-tasks``: the local tasks of ``--data-dir``, or MTEB's tasks (``--tasks``; default: the English text
-  tasks of INSTRUCTOR's types, superseded ones included), with type and the instructions a run would use."""
-  table, table_name = (None, "") if args.no_instructions else load_instruction_table(
-      args.instructions, model_lib.d_model_of(args.model))
-  specs = [s.strip() for s in (args.tasks or "").split(",") if s.strip()]
-  rows = []
-  if args.data_dir:
-    found = local.discover(args.data_dir, args.split, note=lambda m: print(f"note: {m}", file=sys.stderr))
-    found = local.select(found, specs) if specs else found
-    instructions = Instructions(table, table_name, {t.name: t.instructions for t in found if t.instructions})
-    for t in found:
-      rows.append((t.name, t.type, f"local {t.folder}", *_instruction_cells(instructions, t.make().metadata)))
-  else:
-    import mteb
-    instructions = Instructions(table, table_name)
-    tasks = select_mteb_tasks(specs) if specs else mteb.get_tasks(
-        task_types=list(INSTRUCTOR_TYPES), languages=["eng"], modalities=["text"], exclude_superseded=False)
-    for t in tasks:
-      rows.append((t.metadata.name, t.metadata.type, "mteb", *_instruction_cells(instructions, t.metadata)))
-  out(f"instructions: {table_name or 'none'}")
-  out("| task | type | data | instruction (query / document) | source |\n|---|---|---|---|---|")
-  for r in rows:
-    out("| " + " | ".join(r) + " |")
-  return 0
-
-
-def _local_tasks(args, specs):
-  found = local.discover(args.data_dir, args.split, note=lambda m: print(f"note: {m}", file=sys.stderr))
-  found = local.select(found, specs) if specs else found
-  return [(t, t.build()) for t in found]  # read every file before the model is loaded
-
-
-def save_result(result, encoder: InstructorEncoder, cache, encode_kwargs: Mapping) -> str:
-  """Adds the instructions used to each score entry and writes the result with mteb's ``ResultCache``."""
-  used = encoder.instructions_used(result.task_name)
-  for split_scores in result.scores.values():
-    for entry in split_scores:
-      entry["instructions"] = used
-  cache.save_to_cache(result, encoder.mteb_model_meta, encode_kwargs=dict(encode_kwargs))
-  return str(cache.get_task_result_path(result.task_name, encoder.mteb_model_meta))
-
-
-def run(encoder: InstructorEncoder, selected: Sequence[tuple[Any, Any]], output: str, batch_size: int = 32,
-        log=print) -> tuple[list[dict], list[tuple[str, str]]]:
-  """Evaluates each ``(local task | None, mteb task)`` with ``mteb.evaluate``, writes its result; returns
-  ``(summary rows, [(task, error)])``."""
-  import mteb
-  cache = mteb.ResultCache(output)
-  encode_kwargs = {"batch_size": batch_size, "show_progress_bar": False}
-  rows, failed = [], []
-  for lt, task in selected:
-    md = task.metadata
-    start = time.time()
-    newer = getattr(md, "superseded_by", None)
-    log(f"{md.name} ({md.type}, split {','.join(task.eval_splits)}"
-        + (f", {lt.folder}" if lt else "") + (f"; mteb lists {newer} as its newer version" if newer else "")
-        + f"): {' '.join(_instruction_cells(encoder.instructions, md))}")
-    with warnings.catch_warnings():  # said once above instead of twice (mteb logs and warns it)
-      warnings.filterwarnings("ignore", message=r"The task '.*' is superseded by")
-      superseded_log = logging.getLogger("mteb.abstasks.abstask")
-      level = superseded_log.level
-      superseded_log.setLevel(logging.ERROR)
-      try:
-        res = mteb.evaluate(encoder, task, cache=None, raise_error=False, overwrite_strategy="always",
-                            encode_kwargs=dict(encode_kwargs), co2_tracker=False, show_progress_bar=False)
-      finally:
-        superseded_log.setLevel(level)
-    for e in res.exceptions or []:
-      failed.append((e.task_name, e.exception))
-      log(f"  failed: {e.exception}")
-    for r in res.task_results:
-      path = save_result(r, encoder, cache, encode_kwargs)
-      used = encoder.instructions_used(r.task_name)
-      score = float(r.get_score())
-      rows.append({"task": r.task_name, "type": md.type, "metric": md.main_score, "score": score,
-                   "split": ",".join(r.scores), "instruction": used.get("query", used.get("text", "")),
-                   **({"document_instruction": used["document"]} if "document" in used else {}),
-                   "instruction_source": used["source"], "result": os.path.relpath(path, output),
-                   **({"folder": lt.folder} if lt else {})})
-      log(f"  {md.main_score} = {100 * score:.2f}  ({time.time() - start:.1f}s)")
-  return rows, failed
-
-
-def write_summary(rows: list[dict], output: str, model: str, meta: Mapping[str, Any],
-                  failed: Sequence[tuple[str, str]] = ()) -> str:
-  """``summary.md`` + ``summary.json``: per-task main scores (fractions; x100 in the markdown), per-type averages
-  and the average over tasks; failed tasks are listed, never averaged."""
-  if not rows:
-    raise ValueError("no task result to summarise")
-  by_type: dict[str, list[float]] = {}
-  for r in rows:
-    by_type.setdefault(r["type"], []).append(r["score"])
-  averages = {t: float(np.mean(v)) for t, v in by_type.items()}
-  overall = float(np.mean([r["score"] for r in rows]))
-  lines = [f"# Evaluation of `{model}`", "", ", ".join(f"{k}: {v}" for k, v in meta.items()), "",
-           "| task | type | split | metric | score | instruction | source |", "|---|---|---|---|---:|---|---|"]
-  for r in rows:
-    instr = f"`{r['instruction']}`" if r.get("instruction") else "(none)"
-    if r.get("document_instruction"):
-      instr += f" / `{r['document_instruction']}`"
-    lines.append(f"| {r['task']} | {r['type']} | {r.get('split', '')} | {r['metric']} | {100 * r['score']:.2f} | "
-                 f"{instr} | {r.get('instruction_source', '')} |")
-  lines += ["", "| task type | tasks | average |", "|---|---:|---:|"]
-  for t, v in averages.items():
-    lines.append(f"| {t} | {len(by_type[t])} | {100 * v:.2f} |")
-  lines.append(f"| **all** | {len(rows)} | {100 * overall:.2f} |")
-  if failed:
-    lines += ["", "Failed (not averaged): " + ", ".join(f"{t} ({e})" for t, e in failed)]
-  md = "\n".join(lines) + "\n"
-  with open(os.path.join(output, "summary.md"), "w", encoding="utf-8") as f:
-    f.write(md)
-  with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump({"model": model, **meta, "tasks": rows, "type_averages": averages, "average": overall,
-               "failed": [{"task": t, "error": e} for t, e in failed]}, f, indent=2)
-  return md
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m instructor_jax.eval", description=__doc__,
+def _main(args) -> int:
+  p = argparse.ArgumentParser(prog="python -m instructor_jax.eval", description=runner.__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", help="orbax workdir[/STEP], exported / HF folder, or hub id")
   p.add_argument("--data-dir", help="local task folder, or a folder of task folders (offline)")
@@ -229,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--list-tasks", action="store_true", help="print the tasks with type and instructions and exit")
   p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
   p.add_argument("--help-formats", action="store_true", help="print the local data layouts and exit")
-  args = p.parse_args(argv)
+  args = p.parse_args(args)
   if args.help_formats:
     print(local.__doc__)
     return 0
@@ -251,10 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model, backend=args.backend, max_length=args.max_length, dtype=args.dtype,
         instructions=args.instructions, no_instructions=args.no_instructions, task_instructions=task_instructions,
         cache_dir=cache_dir, batch_size=args.batch_size, name=args.model_name)
-  except (UserError, ValueError, FileNotFoundError) as e:  # bad data, model, instructions: one line
-    if args.debug or debug_enabled():
-      raise
-    return report(e)
+  except ValueError as e:  # bad data, model, instructions: one line
+    raise errors.DataError(cli.one_line(e)) from e
   try:
     os.makedirs(args.output, exist_ok=True)
     meta = encoder.mteb_model_meta
@@ -278,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   finally:
     encoder.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,473 +1,25 @@
-"""MEDI: reading and validating records; the ``medi`` command line (build, validate, tasks, annotations).
+"""``python -m instructor_jax.medi``: MEDI tools (``build``, ``validate``, ``tasks``, ``annotations``).
 
-A MEDI record is ``{"query": [instruction, text], "pos": [instruction, text], "neg": [instruction, text],
-"task_name": str}`` (newer copies say ``"task_id"``, an integer in the released file). ``neg`` may also be a list of
-pairs (k hard negatives).
+    python -m instructor_jax.medi validate FILE [--strict] [--skip-invalid] [--report OUT]
+    python -m instructor_jax.medi tasks FILE_OR_PREPARED_DIR [--json]
+    python -m instructor_jax.medi build --super-ni DIR --embedder MODEL [--annotations FILE] --out medi.jsonl
+    python -m instructor_jax.medi annotations
 
-Reading (``read_medi``) streams both formats without loading the file whole:
-
-* a JSON array (the original ``medi-data.json``, ~3 GB): parsed element by element with ``json.JSONDecoder.raw_decode``
-  over a sliding text window, so memory stays at one record plus one read chunk;
-* JSON lines (one record per line).
-
-Every problem is reported with the file, the 1-based line and the 0-based record index (the record's position in
-the source, which is also its *record id* everywhere in the pipeline), and an error class:
-
-=================  ==================================================================
-``invalid_json``   the record is not valid JSON (array format: the reader resynchronises on the next record)
-``invalid_utf8``   the bytes are not UTF-8 (or a string holds a lone surrogate escape)
-``not_an_object``  the record is not a JSON object
-``missing_key``    ``query``/``pos``/``neg`` or the task key is absent
-``extra_key``      any other key (or both ``task_name`` and ``task_id``)
-``bad_side``       a side is not an ``[instruction, text]`` list of two strings
-``empty_text``     the text of a side is empty or whitespace
-``bad_task_id``    the task is not a non-empty string (or an integer, as in the released MEDI)
-``bad_instruction`` (``strict`` only) an instruction does not start with ``"Represent "``
-``truncated``      the file ends inside a record or before the array's ``]`` (always an error)
-=================  ==================================================================
-
-By default the first problem raises ``MediError``. With ``skip_invalid=True`` bad records are skipped and counted
-per class in a ``Report`` (``report.write(path)`` puts it next to prepared data); nothing is dropped silently. A
-truncated file is never read as far as it goes: that error is raised whatever ``skip_invalid`` says.
-
-Command line (``python -m instructor_jax.medi CMD``):
-
-* ``validate FILE [--strict] [--skip-invalid] [--report OUT]``: validates a MEDI file, prints the per-class report
-  and the records per task (JSON);
-* ``tasks FILE_OR_PREPARED_DIR [--json]``: the tasks and their record counts (a prepared folder answers from its
-  manifest without reading the data);
-* ``build --super-ni DIR --embedder MODEL [--annotations FILE] --out medi.jsonl``: the MEDI builder
-  (``medi_builder.py``), mining pairs from Super-NaturalInstructions tasks;
-* ``annotations``: prints the builder's built-in annotations (a starting ``--annotations`` file).
+The format, its error classes and the reader live in ``data/medi.py``; the builder in ``data/medi_builder.py``.
 """
 from __future__ import annotations
 
 import argparse
-import codecs
 import collections
-import dataclasses
-import hashlib
 import json
 import logging
 import os
-import re
 import sys
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
-from instructor_jax.errors import UserError
-
-log = logging.getLogger(__name__)
-
-ERROR_CLASSES = ("invalid_json", "invalid_utf8", "not_an_object", "missing_key", "extra_key", "bad_side",
-                 "empty_text", "bad_task_id", "bad_instruction", "truncated")
-FATAL_CLASSES = ("truncated",)  # problems of the file, not of a record: never skipped
-SIDES = ("query", "pos", "neg")
-TASK_KEYS = ("task_name", "task_id")
-INSTRUCTION_PREFIX = "Represent "
-
-_CHUNK = 1 << 20          # bytes read at a time from a JSON array
-_TAIL = 16                # a decode error this close to the end of the window may just be a cut record
-_WS = re.compile(r"\s*")
-_RESYNC = re.compile(r",\s*(\{)")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class MediError(UserError, ValueError):
-  """A bad MEDI record: ``path:line: record i: [class] message``."""
-
-  def __init__(self, path: str, line: int, index: int, cls: str, message: str):
-    self.path, self.line, self.index, self.cls, self.message = path, line, index, cls, message
-    super().__init__(f"{path}:{line}: record {index} (line {line}): [{cls}] {message}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-  instruction: str
-  text: str
-
-  def as_list(self) -> list[str]:
-    return [self.instruction, self.text]
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-  """One validated MEDI record. ``index`` is its position in the source (its record id), ``line`` its first line."""
-  index: int
-  line: int
-  task: str
-  query: Pair
-  pos: Pair
-  neg: tuple[Pair, ...]
-
-  def to_json(self, task_key: str = "task_name") -> dict:
-    neg = self.neg[0].as_list() if len(self.neg) == 1 else [p.as_list() for p in self.neg]
-    return {"query": self.query.as_list(), "pos": self.pos.as_list(), "neg": neg, task_key: self.task}
-
-
-class Report:
-  """Per-class counts of skipped records, with the first few locations of each class."""
-
-  MAX_EXAMPLES = 20
-
-  def __init__(self, path: str = ""):
-    self.path = path
-    self.read = 0            # records seen (valid + invalid)
-    self.valid = 0
-    self.counts: collections.Counter = collections.Counter()
-    self.examples: dict[str, list[str]] = collections.defaultdict(list)
-
-  def add(self, err: MediError) -> None:
-    self.counts[err.cls] += 1
-    if len(self.examples[err.cls]) < self.MAX_EXAMPLES:
-      self.examples[err.cls].append(str(err))
-
-  @property
-  def skipped(self) -> int:
-    return sum(self.counts.values())
-
-  def to_dict(self) -> dict:
-    return {"source": self.path, "records_read": self.read, "valid": self.valid, "skipped": self.skipped,
-            "skipped_by_class": dict(sorted(self.counts.items())), "examples": dict(self.examples)}
-
-  def write(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.to_dict(), f, indent=1)
-    os.replace(tmp, path)
-
-  def summary(self) -> str:
-    if not self.skipped:
-      return f"{self.path}: {self.valid} valid records, none skipped"
-    per = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
-    return f"{self.path}: {self.valid} valid records, skipped {self.skipped} invalid ({per})"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation
-
-
-def _utf8_ok(s: str) -> bool:
-  try:
-    s.encode("utf-8")
-    return True
-  except UnicodeEncodeError:
-    return False
-
-
-def _key_line(raw: str, key: str, first_line: int) -> int:
-  """Line of ``"key":`` inside a record's raw text (the record's first line when not found)."""
-  if not raw:
-    return first_line
-  m = re.search(r'"%s"\s*:' % re.escape(key), raw)
-  return first_line + raw.count("\n", 0, m.start()) if m else first_line
-
-
-def _pair(value: Any, side: str) -> Pair:
-  if not (isinstance(value, list) and len(value) == 2 and all(isinstance(s, str) for s in value)):
-    raise _Bad("bad_side", f"{side!r} must be an [instruction, text] list of two strings, got {_short(value)}")
-  return Pair(value[0], value[1])
-
-
-class _Bad(Exception):
-
-  def __init__(self, cls: str, message: str, key: Optional[str] = None):
-    super().__init__(message)
-    self.cls, self.message, self.key = cls, message, key
-
-
-def _short(value: Any, n: int = 120) -> str:
-  s = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-  return s if len(s) <= n else s[:n] + "..."
-
-
-def _validate(obj: Any, strict: bool) -> tuple[str, Pair, Pair, tuple[Pair, ...]]:
-  if not isinstance(obj, dict):
-    raise _Bad("not_an_object", f"expected a JSON object, got {type(obj).__name__}: {_short(obj)}")
-  keys = set(obj)
-  missing = [k for k in SIDES if k not in keys]
-  task_keys = [k for k in TASK_KEYS if k in keys]
-  if not task_keys:
-    missing.append("task_name (or task_id)")
-  if missing:
-    raise _Bad("missing_key", f"missing key(s) {', '.join(missing)}; record has {sorted(keys)}")
-  extra = sorted(keys - set(SIDES) - set(TASK_KEYS))
-  if len(task_keys) > 1:
-    extra.append("task_id (besides task_name)")
-  if extra:
-    raise _Bad("extra_key", f"unexpected key(s) {', '.join(extra)}", key=extra[0].split()[0])
-  task = obj[task_keys[0]]
-  if isinstance(task, bool) or not isinstance(task, (str, int)) or (isinstance(task, str) and not task.strip()):
-    raise _Bad("bad_task_id", f"{task_keys[0]} must be a non-empty string (or an integer), got {_short(task)}",
-               key=task_keys[0])
-  task = str(task).strip()
-  if not _utf8_ok(task):
-    raise _Bad("invalid_utf8", f"{task_keys[0]} is not valid UTF-8: {task!r:.120}", key=task_keys[0])
-  sides = {}
-  for side in SIDES:
-    value = obj[side]
-    try:
-      if side == "neg" and isinstance(value, list) and value and all(isinstance(v, list) for v in value):
-        pairs = tuple(_pair(v, side) for v in value)  # k hard negatives
-      else:
-        pairs = (_pair(value, side),)
-    except _Bad as e:
-      e.key = side
-      raise
-    for p in pairs:
-      if not (_utf8_ok(p.instruction) and _utf8_ok(p.text)):
-        raise _Bad("invalid_utf8", f"{side!r} holds bytes that are not valid UTF-8: {p.text[:80]!r}", key=side)
-      if not p.text.strip():
-        raise _Bad("empty_text", f"{side!r} has an empty text", key=side)
-      if strict and not p.instruction.startswith(INSTRUCTION_PREFIX):
-        raise _Bad("bad_instruction", f"{side!r} instruction does not start with {INSTRUCTION_PREFIX!r} "
-                   f"(--strict): {p.instruction[:80]!r}", key=side)
-    sides[side] = pairs
-  return task, sides["query"][0], sides["pos"][0], sides["neg"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading
-
-
-def detect_format(path: str) -> str:
-  """``'array'`` or ``'jsonl'``: by the first non-blank character (``[`` -> array), else by the extension."""
-  with open(path, "rb") as f:
-    head = f.read(4096)
-  head = head.lstrip(codecs.BOM_UTF8).lstrip()
-  if head[:1] == b"[":
-    return "array"
-  if head[:1] == b"{":
-    return "jsonl"
-  if not head:
-    raise MediError(path, 1, 0, "invalid_json", "the file is empty")
-  return "jsonl" if path.endswith((".jsonl", ".jsonlines")) else "array"
-
-
-def _raw_array(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediError]]]:
-  """Yields ``(index, line, raw_text, obj, error)`` for every element of a top-level JSON array, streaming.
-
-  Bytes that are not UTF-8 are decoded with ``surrogateescape`` and detected per record by validation.
-  """
-  decoder = json.JSONDecoder()
-  dec = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-  f = open(path, "rb")
-  buf, pos, line, eof = "", 0, 1, False  # `line` is the line number at `buf[pos]`
-
-  def more() -> bool:
-    nonlocal buf, eof
-    if eof:
-      return False
-    chunk = f.read(_CHUNK)
-    first = not buf and f.tell() == len(chunk)
-    if not chunk:
-      buf += dec.decode(b"", final=True)
-      eof = True
-      return False
-    buf += dec.decode(chunk)
-    if first and buf.startswith("\ufeff"):
-      buf = buf[1:]
-    return True
-
-  def compact() -> None:  # drops the consumed prefix; only between records
-    nonlocal buf, pos
-    if pos > _CHUNK:
-      buf, pos = buf[pos:], 0
-
-  def skip_ws() -> None:
-    nonlocal pos, line
-    while True:
-      m = _WS.match(buf, pos)
-      line += buf.count("\n", pos, m.end())
-      pos = m.end()
-      if pos < len(buf) or not more():
-        return
-
-  try:
-    more()
-    skip_ws()
-    if pos >= len(buf) or buf[pos] != "[":
-      found = buf[pos:pos + 20] if pos < len(buf) else "end of file"
-      yield 0, line, "", None, MediError(path, line, 0, "invalid_json", f"expected a JSON array '[', found {found!r}")
-      return
-    pos += 1
-    index = 0
-    skip_ws()
-    if pos < len(buf) and buf[pos] == "]":
-      return
-    while True:
-      compact()
-      skip_ws()
-      if pos >= len(buf):
-        yield index, line, "", None, MediError(path, line, index, "truncated",
-                                                "the file ends inside the array (no closing ']'): the file is "
-                                                "truncated")
-        return
-      start, start_line = pos, line
-      while True:
-        try:
-          obj, end = decoder.raw_decode(buf, pos)
-          err = None
-          break
-        except json.JSONDecodeError as e:
-          cut = e.pos >= len(buf) - _TAIL or e.msg.startswith("Unterminated string")
-          if cut and more():
-            continue
-          err = e
-          if cut:  # and no more data: the file ends inside this record
-            yield index, start_line, "", None, MediError(
-                path, start_line, index, "truncated",
-                f"the file ends inside this record ({e.msg}): the file is truncated")
-            return
-          break
-      if err is None:
-        raw = buf[start:end]
-        yield index, start_line, raw, obj, None
-        line += buf.count("\n", start, end)
-        pos = end
-      else:
-        err_line = start_line + buf.count("\n", start, err.pos)
-        col = err.pos - (buf.rfind("\n", 0, err.pos) + 1) + 1
-        hint = ""
-        if err.msg.startswith("Expecting") and "delimiter" in err.msg and not buf[buf.rfind("\n", 0, err.pos) + 1:
-                                                                               err.pos].strip():
-          hint = f"; probably a missing delimiter at the end of line {err_line - 1}"
-        yield index, err_line, "", None, MediError(
-            path, err_line, index, "invalid_json",
-            f"{err.msg} (column {col}; the record starts at line {start_line}{hint})")
-        # Resynchronise on the next `, {` after the error.
-        while True:
-          m = _RESYNC.search(buf, max(err.pos, start + 1))
-          if m or not more():
-            break
-        if not m:
-          return
-        line = start_line + buf.count("\n", start, m.start(1))
-        pos = m.start(1)
-        index += 1
-        continue
-      index += 1
-      skip_ws()
-      if pos >= len(buf):
-        yield index, line, "", None, MediError(path, line, index, "truncated",
-                                                "the file ends inside the array (no closing ']'): the file is "
-                                                "truncated")
-        return
-      ch = buf[pos]
-      if ch == "]":
-        pos += 1
-        skip_ws()
-        if pos < len(buf):
-          yield index, line, "", None, MediError(path, line, index, "invalid_json",
-                                                  f"unexpected data after the closing ']': {buf[pos:pos + 20]!r}")
-        return
-      if ch != ",":
-        col = pos - (buf.rfind("\n", 0, pos) + 1) + 1
-        at_line_start = not buf[buf.rfind("\n", 0, pos) + 1:pos].strip()
-        hint = f"; probably a missing ',' at the end of line {line - 1}" if at_line_start and line > 1 else ""
-        yield index, line, "", None, MediError(path, line, index, "invalid_json",
-                                                f"expected ',' or ']' between records (column {col}{hint}), "
-                                                f"found {buf[pos:pos + 20]!r}")
-        m = None
-        while True:
-          m = _RESYNC.search(buf, pos)
-          if m or not more():
-            break
-        if not m:
-          return
-        line += buf.count("\n", pos, m.start(1))
-        pos = m.start(1)
-        index += 1
-        continue
-      pos += 1
-  finally:
-    f.close()
-
-
-def _raw_jsonl(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediError]]]:
-  index = 0
-  with open(path, "rb") as f:
-    for lineno, bline in enumerate(f, start=1):
-      if lineno == 1:
-        bline = bline[len(codecs.BOM_UTF8):] if bline.startswith(codecs.BOM_UTF8) else bline
-      if not bline.strip():
-        continue
-      try:
-        text = bline.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield index, lineno, "", None, MediError(path, lineno, index, "invalid_utf8",
-                                                  f"not valid UTF-8 at byte {e.start} of the line")
-        index += 1
-        continue
-      try:
-        obj = json.loads(text)
-        yield index, lineno, "", obj, None
-      except json.JSONDecodeError as e:
-        if not bline.endswith(b"\n"):  # the last line, cut short
-          yield index, lineno, "", None, MediError(path, lineno, index, "truncated",
-                                                    f"the last line is incomplete JSON ({e.msg}): the file is "
-                                                    f"truncated")
-          return
-        yield index, lineno, "", None, MediError(path, lineno, index, "invalid_json", f"{e.msg} (column {e.colno})")
-      index += 1
-
-
-def read_medi(path: str, strict: bool = False, skip_invalid: bool = False, report: Optional[Report] = None,
-              fmt: Optional[str] = None) -> Iterator[Record]:
-  """Streams validated ``Record``s from a MEDI JSON array or JSON-lines file.
-
-  Raises ``MediError`` on the first bad record unless ``skip_invalid`` (then counted in ``report``).
-  """
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    raise FileNotFoundError(f"{path} is a folder; pass a MEDI file (.json array or .jsonl)")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"MEDI file not found: {path}")
-  fmt = fmt or detect_format(path)
-  raw = _raw_array(path) if fmt == "array" else _raw_jsonl(path)
-  report = report if report is not None else Report(path)
-  report.path = report.path or path
-  for index, line, text, obj, err in raw:
-    report.read += 1
-    if err is None:
-      try:
-        task, query, pos, neg = _validate(obj, strict)
-      except _Bad as e:
-        err_line = _key_line(text, e.key, line) if e.key else line
-        bad = _SURROGATE.search(text) if e.cls == "invalid_utf8" else None
-        if bad:
-          err_line = line + text.count("\n", 0, bad.start())
-        err = MediError(path, err_line, index, e.cls, e.message + (
-            f" (the record starts at line {line})" if err_line != line else ""))
-      else:
-        report.valid += 1
-        yield Record(index, line, task, query, pos, neg)
-        continue
-    if not skip_invalid or err.cls in FATAL_CLASSES:
-      raise err
-    report.add(err)
-    if report.counts[err.cls] <= Report.MAX_EXAMPLES:
-      log.warning("skipping invalid record: %s", err)
-  if report.skipped:
-    log.warning(report.summary())
-
-
-def write_jsonl(records: Sequence[dict], path: str) -> None:
-  """Writes MEDI JSON lines atomically (``path.tmp`` then rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-
-
-def stable_hash(text: str) -> int:
-  """A process-independent 63-bit hash (Python's ``hash`` is salted per process)."""
-  return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little") >> 1
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command line
-
+from instructor_jax.core import cli
+from instructor_jax.data import medi_builder, prepared
+from instructor_jax.data.medi import Report, read_medi
 
 def _validate_cli(args) -> int:
   rep = Report(args.file)
@@ -485,7 +37,6 @@ def task_counts(path: str, strict: bool = False, skip_invalid: bool = False) -> 
   """``({task: records}, summary)`` of a MEDI file (one streaming pass, no tokenizer) or of a prepared folder
   (``data prepare``: read from its manifest, nothing else)."""
   if os.path.isdir(path):
-    from instructor_jax import prepared
     manifest = prepared.read_manifest(path)
     return ({t["name"]: int(t["records"]) for t in manifest["tasks"]},
             f"{path}: prepared from {manifest['source']['path']} ({manifest['report'].get('valid', '?')} valid "
@@ -511,8 +62,7 @@ def _tasks_cli(args) -> int:
   return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  from instructor_jax import medi_builder
+def _main(args) -> int:
   p = argparse.ArgumentParser(prog="python -m instructor_jax.medi", description="MEDI tools")
   sub = p.add_subparsers(dest="cmd", required=True)
   medi_builder.add_arguments(sub.add_parser("build", help="mine MEDI pairs from Super-NaturalInstructions tasks"))
@@ -527,24 +77,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   t.add_argument("--strict", action="store_true", help="MEDI file: instructions must start with 'Represent '")
   t.add_argument("--skip-invalid", action="store_true", help="MEDI file: skip (and count) invalid records")
   sub.add_parser("annotations", help="print the built-in annotations (a starting --annotations file)")
-  args = p.parse_args(argv)
+  args = p.parse_args(args)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
   if args.cmd == "build":
     logging.getLogger("instructor_jax").setLevel(logging.INFO)  # the builder's per-task progress
-  try:
-    if args.cmd == "build":
-      return medi_builder.run(args)
-    if args.cmd == "validate":
-      return _validate_cli(args)
-    if args.cmd == "tasks":
-      return _tasks_cli(args)
-    print(json.dumps(medi_builder.DEFAULT_ANNOTATIONS, indent=1))
-    return 0
-  except (UserError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except BrokenPipeError:  # `| head`
-    return 0
+    return medi_builder.run(args)
+  if args.cmd == "validate":
+    return _validate_cli(args)
+  if args.cmd == "tasks":
+    return _tasks_cli(args)
+  print(json.dumps(medi_builder.DEFAULT_ANNOTATIONS, indent=1))
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

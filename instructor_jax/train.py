@@ -1,405 +1,29 @@
-"""Contrastive INSTRUCTOR training on one CPU, one GPU, a multi-GPU host or a TPU pod with the same code.
+"""``python -m instructor_jax.train``: the training command (flags, then ``training/trainer.py``).
 
     python -m instructor_jax.train --config configs/demo.py --workdir /tmp/demo [--config.key=value ...]
     python -m instructor_jax.train --config configs/instructor_xl.py:v4-32 --workdir /tmp/x --compile_only
 
-Reads top to bottom:
-
-1. ``setup_distributed``: ``jax.distributed.initialize()`` on pods / clusters (``--distributed``, or explicit
-   ``--coordinator_address --num_processes --process_id``).
-2. ``build_model``: ``InstructorModel`` from ``config.model.init_checkpoint`` (a workdir, see ``checkpoints.py``),
-   ``config.model.init_from`` (any folder ``Instructor.from_pretrained`` loads, e.g. GTR or all-MiniLM-L6-v2) or
-   randomly from the HF-style ``config.model.t5`` dict (``config.model.backbone = "bert"`` with
-   ``config.model.bert`` for a random BERT); ``make_optimizer``: AdamW, warmup + linear decay, clipping.
-3. ``state_shardings``: ``sharding.make_mesh`` (``config.mesh_shape`` over ``data, fsdp, tensor``) and the
-   logical-axis rules give the ``NamedSharding`` of every parameter and optimizer moment (FSDP / tensor parallel).
-4. ``make_packer`` / ``batch_shapes``: padded batches, or (``config.data.pack``, on in every shipped config) packed
-   rows of ``config.data.pack_length`` tokens whose count per step comes from a fixed ladder (``packing.py``); the
-   batch is split over ``data x fsdp``.
-5. ``setup``: the step (``step.py``: encode, score the global batch, AdamW; plain or gradient-cached) under one
-   ``jax.jit`` with explicit in/out shardings; ``StepCompiler`` AOT-compiles one executable per batch shape (a
-   packed run meets a few ladder sizes; the prefetch thread compiles the next step's while the current one runs).
-6. ``train``, the loop: host batch from the data stream (a pure function of ``(seed, step)``, ``data.py``) ->
-   ``jax.make_array_from_process_local_data`` -> step -> metrics (``metrics.py``: ``metrics.jsonl``, tensorboard,
-   tqdm) -> async orbax checkpoints every ``checkpoint_every_steps`` and at the end; resume from the latest complete
-   one; SIGTERM saves and exits 0; a NaN / inf loss stops with an error, keeping the last good checkpoint.
-7. ``main`` / ``finish``: the command line, then evaluation and export after a complete run.
-
-MFU is counted on real tokens and HFU on computed ones (``step.flops``), against ``config.peak_flops_per_device`` or
-the table of known chips below (absent on CPU).
+Rerunning the same command resumes from the newest intact checkpoint; after a complete run the model is evaluated
+and exported (``training/finish.py``).
 """
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
-import json
 import math
 import os
 import sys
-import threading
-import time
-from typing import Any
 
 from absl import app, flags, logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
-from instructor_jax import checkpoints, data, metrics, packing, run_config, sharding
-from instructor_jax import workdir as workdir_lib
-from instructor_jax import step as step_lib
-from instructor_jax.errors import UserError, debug_enabled, report
-from instructor_jax.finish import finish  # evaluate + export after a complete run (train.finish)
-from instructor_jax.state import (ModelSpec, build_model, bytes_per_device, create_state, make_optimizer,
-                                  state_shardings)
+from instructor_jax.core import cli
+from instructor_jax.storage import checkpoints
+from instructor_jax.storage import workdir as workdir_lib
+from instructor_jax.training import run_config
+from instructor_jax.training.finish import finish
+from instructor_jax.training.trainer import setup_distributed, train
 
-# Dense bf16 peak FLOP/s per device (chip for TPU, GPU for GPUs), used for MFU when not configured.
-PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
-}
-
-
-def setup_distributed(distributed: bool, coordinator: str | None, num_processes: int | None,
-                      process_id: int | None):
-  if coordinator:
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
-  elif distributed:
-    jax.distributed.initialize()  # TPU pods, SLURM and other clusters: auto-detected
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Packing and the shape of a step's batch
-# ----------------------------------------------------------------------------------------------------------------
-def make_packer(config, mesh, model_cfg) -> packing.Packer | None:
-  """The step's ``packing.Packer`` (``config.data.pack``), or None for padded batches; checks the config."""
-  dc = config.data
-  if not dc.get("pack", False):
-    return None
-  longest = max(int(dc.max_query_length), int(dc.max_doc_length))
-  length = int(dc.get("pack_length", 0) or 0) or longest
-  for key, low in (("pack_length", 0), ("pack_max_segments", 0), ("pack_buckets_per_octave", 1)):
-    if int(dc.get(key, low) or 0) < low:
-      raise ValueError(f"config.data.{key}={dc.get(key)} must be >= {low}")
-  if length < longest:
-    raise ValueError(f"config.data.pack_length={length} is shorter than the longest allowed input "
-                     f"(max_query_length={dc.max_query_length}, max_doc_length={dc.max_doc_length}); a sequence "
-                     f"is never split across rows, so pack_length must be >= {longest}")
-  if getattr(model_cfg, "attention", "xla") == "cudnn":
-    raise ValueError("config.model.attention='cudnn' cannot take packed segments in training (its fused kernel "
-                     "takes per-row key lengths, not segment ids); set config.data.pack=False or "
-                     "config.model.attention='xla'")
-  shards, procs = sharding.num_batch_shards(mesh), jax.process_count()
-  multiple = math.lcm(shards, procs)
-  width = 2 + int(dc.num_negatives)
-  chunk = int(config.get("grad_cache_chunk", 0) or 0) * width  # rows per chunk: the padded chunk's sequences
-  if chunk and chunk % multiple:
-    raise ValueError(f"config.grad_cache_chunk x (2 + num_negatives) = {chunk} rows per chunk must be a multiple of "
-                     f"{multiple} (the {shards} batch shards and {procs} processes)")
-  return packing.Packer(length, config.global_batch_size * width, row_multiple=multiple,
-                        max_segments=int(dc.get("pack_max_segments", 0) or 0),
-                        buckets_per_octave=int(dc.get("pack_buckets_per_octave", 8)), max_chunk_rows=chunk,
-                        process_index=jax.process_index(), num_processes=procs)
-
-
-def batch_shapes(config, packer: packing.Packer | None = None, rows: int | None = None) -> dict:
-  """Global batch shapes (int32): padded from the config, or packed with ``rows`` rows (default: the largest
-  ladder size)."""
-  if packer is not None:
-    r = packer.ladder[-1] if rows is None else rows
-    return dict(tokens=(r, packer.pack_length), segment_ids=(r, packer.pack_length),
-                pool_ids=(r, packer.pack_length), slot_seq=(r, packer.max_segments))
-  b, lq, ld, n = (config.global_batch_size, config.data.max_query_length, config.data.max_doc_length,
-                  config.data.num_negatives)
-  return dict(query_tokens=(b, lq), query_instr_len=(b,), pos_tokens=(b, ld), pos_instr_len=(b,),
-              neg_tokens=(b, n, ld), neg_instr_len=(b, n), task=(b,))
-
-
-class StepCompiler:
-  """One AOT-compiled step per batch shape (a packed run meets a few ladder sizes), counted and timed.
-
-  ``get(host_batch)`` compiles on first sight (thread-safe: the prefetch thread compiles the next step's variant
-  while the current step runs) and returns the executable.
-  """
-
-  def __init__(self, p_step, abstract, batch_shardings):
-    self.p_step, self.abstract, self.batch_shardings = p_step, abstract, batch_shardings
-    self.executables: dict = {}
-    self.seconds = 0.0
-    self._lock = threading.Lock()
-
-  @property
-  def count(self) -> int:
-    return len(self.executables)
-
-  def lower(self, shapes: dict):
-    batch = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=self.batch_shardings[k]) for k, v in shapes.items()}
-    return self.p_step.lower(self.abstract, batch)
-
-  def get(self, host_batch: dict):
-    procs = jax.process_count()
-    shapes = {k: (v.shape[0] * procs, *v.shape[1:]) for k, v in host_batch.items()}
-    key = tuple(sorted((k, v) for k, v in shapes.items()))
-    with self._lock:
-      if key not in self.executables:
-        t0 = time.time()
-        self.executables[key] = self.lower(shapes).compile()
-        self.seconds += time.time() - t0
-      return self.executables[key]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Setup: mesh, state shardings, the jitted step
-# ----------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Setup:
-  """Everything the loop needs, built from a config and a mesh (also used by the tests)."""
-  spec: ModelSpec
-  mesh: Any
-  tx: Any
-  schedule: Any
-  abstract: Any         # ShapeDtypeStruct state with shardings
-  shardings: Any        # NamedSharding state tree
-  batch_shardings: Any
-  p_step: Any           # jitted step(state, batch) -> (state, metrics); donates state
-  grad_fn: Any          # grad_fn(trainable, batch, rng) -> (grads, metrics), unjitted
-  packer: Any           # packing.Packer, or None (padded batches)
-  flops: float          # train FLOPs of the largest step variant on computed tokens (step.flops)
-
-
-def setup(config, mesh=None, load_weights: bool = True) -> Setup:
-  mesh = sharding.make_mesh(config.mesh_shape) if mesh is None else mesh
-  rules = sharding.rules_from_config(config)
-  spec = build_model(config, load_weights=load_weights)
-  tx, schedule = make_optimizer(config)
-  abstract, shardings = state_shardings(spec.model, tx, config, mesh, rules)
-  if config.global_batch_size % sharding.num_batch_shards(mesh):
-    raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by the "
-                     f"{sharding.num_batch_shards(mesh)} batch shards (data x fsdp) of mesh {dict(mesh.shape)}")
-  if config.global_batch_size % jax.process_count():
-    raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by {jax.process_count()} "
-                     f"processes")
-  packer = make_packer(config, mesh, spec.model.config)
-  shapes = batch_shapes(config, packer)
-  batch_sh = {k: sharding.batch_sharding(mesh, len(s)) for k, s in shapes.items()}
-  width = 2 + int(config.data.num_negatives)
-  inputs = (step_lib.Padded(spec.model.pad_id) if packer is None else
-            step_lib.Packed(config.global_batch_size, width, packer.max_segments, packer.max_chunk_rows))
-  step_fn, grad_fn = step_lib.make_train_step(spec.model, tx, schedule, config, mesh, shardings["params"], inputs)
-
-  def traced_step(state, batch):
-    with step_lib.activation_sharding(mesh, rules):
-      return step_fn(state, batch)
-
-  def traced_grads(trainable, batch, rng):
-    with step_lib.activation_sharding(mesh, rules):
-      return grad_fn(trainable, batch, rng)
-
-  p_step = jax.jit(traced_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
-                   donate_argnums=0)
-  cfg, grad_cache = spec.model.config, bool(config.get("grad_cache_chunk", 0))
-  if packer is None:
-    flops = step_lib.padded_flops(cfg, spec.model.out_features, shapes, grad_cache)
-  else:
-    r, length = shapes["tokens"]
-    flops = step_lib.flops(cfg, spec.model.out_features, r * length, r * length ** 2, packer.num_seqs,
-                           step_lib.hardware_passes(cfg, grad_cache))
-  return Setup(spec, mesh, tx, schedule, abstract, shardings, batch_sh, p_step, traced_grads, packer, flops)
-
-
-def compile_report(s: Setup, config, workdir: str) -> dict:
-  """``--compile_only``: compiles the largest step variant for the mesh and writes ``compile_report.json``."""
-  compiler = StepCompiler(s.p_step, s.abstract, s.batch_shardings)
-  shapes = batch_shapes(config, s.packer)
-  t0 = time.time()
-  compiled = compiler.lower(shapes).compile()
-  mem = compiled.memory_analysis()
-  report = dict(mesh=dict(s.mesh.shape), devices=int(s.mesh.devices.size), compile_s=round(time.time() - t0, 1),
-                state_bytes_per_device=bytes_per_device(s.abstract),
-                params_bytes_per_device=bytes_per_device(s.abstract["params"]), train_flops_per_step=s.flops,
-                batch_shapes={k: list(v) for k, v in shapes.items()})
-  if s.packer is not None:
-    report.update(pack_length=s.packer.pack_length, pack_rows=list(s.packer.ladder),
-                  compiled_rows=shapes["tokens"][0])
-  if mem is not None:
-    for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
-              "generated_code_size_in_bytes"):
-      report[k] = int(getattr(mem, k, 0) or 0)
-    report["peak_estimate_bytes_per_device"] = (report["argument_size_in_bytes"] + report["output_size_in_bytes"]
-                                                - report["alias_size_in_bytes"] + report["temp_size_in_bytes"])
-  for key in [k for k in report if k.endswith("_bytes_per_device") or k.endswith("_in_bytes")]:
-    report[key.replace("bytes", "gib").replace("_in_gib", "_gib")] = round(report[key] / 2 ** 30, 3)
-  if jax.process_index() == 0:
-    print(json.dumps(report, indent=1))
-    gib = lambda k: report.get(k.replace("bytes", "gib").replace("_in_gib", "_gib"), 0.0)
-    print(f"per device: state {gib('state_bytes_per_device'):.2f} GiB (params {gib('params_bytes_per_device'):.2f}), "
-          f"temporaries {gib('temp_size_in_bytes'):.2f} GiB, peak estimate "
-          f"{gib('peak_estimate_bytes_per_device'):.2f} GiB; written to {workdir}/compile_report.json", flush=True)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "compile_report.json"), "w") as f:
-      json.dump(report, f, indent=1)
-  return report
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The loop
-# ----------------------------------------------------------------------------------------------------------------
-class Diverged(UserError):
-  """A non-finite loss or gradient norm (the checkpoints before it are kept)."""
-
-
-def schedule_note(config, old_total: int, new_total: int, step: int) -> str:
-  """What growing ``num_train_steps`` does to the learning rate at the resume step."""
-  old = ml_collections.ConfigDict(config.to_dict())
-  old.num_train_steps = old_total
-  lr_old, lr_new = float(make_optimizer(old)[1](step)), float(make_optimizer(config)[1](step))
-  return (f" (the schedule is recomputed for {new_total} steps: the learning rate at step {step} is {lr_new:.3g}, "
-          f"was {lr_old:.3g})")
-
-
-def train(config: ml_collections.ConfigDict, workdir: str, compile_only: bool = False) -> dict | None:
-  """Trains (or AOT-compiles) ``config`` in ``workdir``; returns the last logged metrics."""
-  workdir = os.path.abspath(workdir)
-  is_main = jax.process_index() == 0
-  guard = None if compile_only else workdir_lib.PreemptionGuard()  # early: a signal during setup also saves
-  s = setup(config, load_weights=not compile_only)
-  mesh, spec, abstract, shardings = s.mesh, s.spec, s.abstract, s.shardings
-  if is_main:
-    print(f"mesh: {sharding.describe(mesh)}", flush=True)
-    if s.packer is not None:
-      print(s.packer.describe(), flush=True)
-  if compile_only:
-    return compile_report(s, config, workdir)
-
-  os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)),
-                                  async_save=bool(config.get("async_checkpoints", True)))
-  log = (lambda m: print(m, flush=True)) if is_main else (lambda m: None)
-  # Compare configs before reading any array (a changed model shape would otherwise look like a damaged step).
-  _, refused = run_config.resume_changes((ckpt.newest_meta() or {}).get("config"), config)
-  if refused:
-    raise run_config.ConfigError(run_config.refusal(workdir, refused))
-  checkpoints.copy_tokenizer(spec.tokenizer_dir, workdir)  # WORKDIR/tokenizer: a self-contained workdir
-  stream = data.make_stream(config, spec.tokenizer_dir, spec.model.config.vocab_size, s.packer,
-                            jax.process_index(), jax.process_count())
-  start, restored = ckpt.restore_latest(
-      abstract["params"], dict(opt_state=abstract["opt_state"], rng=abstract["rng"], step=abstract["step"]), log)
-  history = []
-  if restored is not None:
-    params, train_state, data_state, stored_meta = restored
-    state = dict(params=params, **train_state)
-    accepted, refused = run_config.resume_changes(stored_meta.get("config"), config)
-    if refused:  # the intact step is older than the one compared above
-      raise run_config.ConfigError(run_config.refusal(workdir, refused))
-    history = list(stored_meta.get("config_history", []))
-    if accepted:
-      history.append(run_config.history_entry(start, accepted))
-      for key, (old, new) in accepted.items():
-        log(f"resume: accepting {key} {old} -> {new}" + (schedule_note(config, old, new, start)
-                                                         if key == "num_train_steps" else ""))
-    if data_state.get("stream") is not None:
-      stream.load_state_dict(data_state["stream"],
-                             strict=run_config.DATA_KEY not in run_config.allowed_changes(config))
-    log(f"resumed from {workdir}/{start}")
-  else:
-    state = create_state(spec, s.tx, config, abstract, shardings)
-    start = 0
-  meta = dict(spec.meta(), config=json.loads(config.to_json_best_effort()), config_history=history)
-  if meta.get("max_seq_length") is None:  # random init: the exported model truncates where training did
-    meta["max_seq_length"] = max(int(config.data.max_query_length), int(config.data.max_doc_length))
-  model_cfg, out_features = spec.model.config, spec.model.out_features
-  del spec  # host copy of pretrained weights no longer needed
-
-  writer = metrics.MetricWriter(workdir, start)
-  total = int(config.num_train_steps)
-  every_log, every_ckpt = int(config.log_every_steps), int(config.checkpoint_every_steps)
-  peak = float(config.get("peak_flops_per_device", 0) or 0) or PEAK_FLOPS.get(
-      next((k for k in PEAK_FLOPS if jax.devices()[0].device_kind.startswith(k)), ""), 0.0)
-  interval = metrics.Interval(model_cfg, out_features, bool(config.get("grad_cache_chunk", 0)),
-                              config.global_batch_size, peak, jax.device_count(),
-                              config.global_batch_size * (2 + int(config.data.num_negatives)))
-  compiler = StepCompiler(s.p_step, abstract, s.batch_shardings)
-
-  def save(step):
-    ckpt.save(step, state["params"], dict(opt_state=state["opt_state"], rng=state["rng"], step=state["step"]),
-              {"step": step, "stream": stream.state_dict()}, meta)
-
-  def prepare(step):
-    """Prefetch thread: the host batch of ``step`` and its compiled step (compiled now if it is a new shape)."""
-    host_batch = stream.get(step)
-    return host_batch, compiler.get(host_batch)
-
-  pool = concurrent.futures.ThreadPoolExecutor(1)
-  future = pool.submit(prepare, start) if start < total else None
-  pending = []  # (step, metrics on device) since the last check
-  last, t_last = None, time.time()
-  progress = None
-  if is_main:
-    from tqdm import tqdm
-    progress = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
-
-  def check_and_log(step, force_log):
-    """Fetches pending metrics; stops on a non-finite loss; logs at log steps."""
-    nonlocal pending, last, t_last
-    fetched = jax.device_get(pending)
-    pending = []
-    for s_, m in fetched:
-      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-        ckpt.wait()
-        good = ckpt.latest_step()
-        where = (f"the last good checkpoint is {workdir}/{good}; rerun to resume from it (e.g. with a lower "
-                 f"learning rate)" if good is not None else "no checkpoint was saved before it")
-        raise Diverged(f"non-finite loss ({m['loss']}) or grad norm ({m['grad_norm']}) at step {s_ + 1}; "
-                       f"stopping: {where}")
-      interval.add(m)
-      if s_ + 1 == step and (force_log or step % every_log == 0):
-        now = time.time()
-        out = interval.row(m, now - t_last)
-        out.update(compiles=compiler.count, compile_s=compiler.seconds)
-        writer.write(step, out)
-        last = dict(out, step=step)
-        t_last = now
-        if progress is not None:
-          progress.set_postfix(loss=f"{out['loss']:.4f}", acc=f"{out['accuracy']:.3f}")
-
-  try:
-    for step in range(start, total):
-      host_batch, executable = future.result()
-      future = pool.submit(prepare, step + 1) if step + 1 < total else None
-      batch = sharding.global_batch(mesh, host_batch)
-      state, step_metrics = executable(state, batch)
-      done = step + 1
-      pending.append((step, step_metrics))
-      if progress is not None:
-        progress.update(1)
-      stop = guard.should_stop()
-      is_ckpt = done % every_ckpt == 0 or done == total or stop
-      if done % every_log == 0 or is_ckpt or len(pending) >= 100:
-        check_and_log(done, force_log=done == total or stop)
-      if is_ckpt:
-        save(done)
-      if stop:
-        ckpt.wait()
-        log(f"{guard.signal_name or 'SIGTERM'}: saved step {done} to {workdir}; exiting. To resume: "
-            f"{workdir_lib.resume_command()}")
-        break
-  finally:
-    pool.shutdown(wait=False, cancel_futures=True)
-    if progress is not None:
-      progress.close()
-    ckpt.close()
-    writer.close()
-    guard.restore_handlers()
-  if is_main and compiler.count:
-    print(f"compiled {compiler.count} step variant(s) in {compiler.seconds:.1f} s", flush=True)
-  return last
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/NAME.py[:variant])",
                                           lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, tensorboard, tokenizer")
@@ -416,16 +40,18 @@ flags.DEFINE_bool("print_config", False, "print the config's keys and values (de
 FLAGS = flags.FLAGS
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad ``--config`` / ``--config.KEY`` as a one-line user error."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    raise run_config.ConfigError(cli.one_line(e)) from None
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  config = _CONFIG.value
-  try:
-    run(config)
-  except UserError as e:
-    if FLAGS.debug or debug_enabled():
-      raise
-    sys.exit(report(e))
+  sys.exit(cli.run(lambda _: run(_CONFIG.value), ["--debug"] if FLAGS.debug else []))
 
 
 def print_config(config, prefix: str = "") -> None:
@@ -493,4 +119,4 @@ if __name__ == "__main__":
     print("flags:")
     print(FLAGS.module_help(sys.modules[__name__]))
     sys.exit(0)
-  app.run(main)
+  sys.exit(cli.run(lambda _: app.run(main, flags_parser=_parse_flags)))

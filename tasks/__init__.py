@@ -1,29 +1,7 @@
-"""Dataset registrations for instructor_jax.
+"""seqio / TFDS registrations, thin: the code lives in ``instructor_jax.data``.
 
-* ``tasks.medi``: one seqio Task per MEDI dataset plus a Mixture (``register_medi``), the shared tokenising
-  preprocessor and ``MediFeatureConverter``.
-* ``tasks.medi_tfds``: the TFDS builder that converts a MEDI file into sharded TFRecords (one split per task).
-
-Importing ``tasks`` itself imports neither TensorFlow nor seqio; import the submodules when needed. It does quiet
-TensorFlow's C++ log on machines without an NVIDIA GPU (``TF_CPP_MIN_LOG_LEVEL=3`` unless set): there TF's import
-reports ``failed call to cuInit: INTERNAL: CUDA error`` as an error, which is noise on a CPU or TPU host. Errors of
-the input pipeline still reach Python as exceptions.
+* ``tasks.medi``: importing it registers the ``medi`` Mixture when ``MEDI_PATH`` / ``MEDI_TFDS_DIR`` is set
+  (``instructor_jax.data.seqio_tasks``).
+* ``tasks.medi_tfds``: the TFDS builder ``medi`` (``instructor_jax.data.medi_tfds``).
+* ``tasks.pairs_tsv``: the example of a user's own Task (a TSV of query / positive pairs).
 """
-import glob
-import os
-
-if not glob.glob("/dev/nvidia[0-9]*"):
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-def hide_gpus_from_tf() -> None:
-  """Keeps TensorFlow (seqio / TFDS input pipelines) off the accelerators JAX uses.
-
-  TF grabs most of every visible GPU's memory at start-up; the input pipeline only needs the CPU. Must run before
-  TF executes its first op, so the task modules call it on import.
-  """
-  import tensorflow as tf
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # TF already initialised its devices: too late to change, nothing else to do
-    pass

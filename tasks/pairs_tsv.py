@@ -36,9 +36,9 @@ from typing import Optional
 import seqio
 import tensorflow as tf
 
-from instructor_jax.errors import DataError
-from instructor_jax.features import Featurizer
-from tasks import medi as medi_tasks
+from instructor_jax.core.errors import DataError
+from instructor_jax.data.features import Featurizer
+from instructor_jax.data import seqio_tasks as medi_tasks
 
 
 def read_pairs(path: str) -> list[tuple[str, str, tuple[str, ...]]]:

@@ -329,7 +329,7 @@ class ReferenceBertInstructor(ReferenceInstructor):
 def assert_same_folders(a: str, b: str) -> None:
   """Two checkpoint folders hold bit-identical fp32 tensors, the same Dense, encoder config and normalisation."""
   import numpy as np
-  from instructor_jax import hf
+  from instructor_jax.models import hf
   fa, fb = hf.read_folder(a), hf.read_folder(b)
   assert set(fa.state) == set(fb.state)
   for k in fa.state:

@@ -22,7 +22,10 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import tiny_config  # noqa: E402
-from instructor_jax import data, sharding, state, train  # noqa: E402
+from instructor_jax.data import stream as data
+from instructor_jax.training import sharding
+from instructor_jax.training import state
+from instructor_jax.training import trainer as train  # noqa: E402
 
 STEPS = 3
 

@@ -20,10 +20,14 @@ import numpy as np
 import pytest
 
 import reference
-from instructor_jax import bert, checkpoints, convert, hf
-from instructor_jax.bert import BertConfig, BertEncoder
-from instructor_jax.embedder import Instructor
-from instructor_jax.t5 import T5Config
+from instructor_jax.models import bert
+from instructor_jax.storage import checkpoints
+from instructor_jax.export import convert
+from instructor_jax.models import hf
+from instructor_jax.models.bert import BertConfig, BertEncoder
+from instructor_jax.models.embedder import Instructor
+from instructor_jax.models.t5 import T5Config
+from instructor_jax import convert as convert_cli
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +145,7 @@ def test_training_machinery_remat_bf16_dropout_axes():
   tr = [_apply(cfg, params, tokens, mask, dropout_key=jax.random.key(i)) for i in range(2)]
   assert np.abs(tr[0] - tr[1]).max() > 1e-3 and np.abs(tr[0] - ref).max() > 1e-3
   # every parameter has logical axes, all of them covered by the sharding rules
-  from instructor_jax import sharding
+  from instructor_jax.training import sharding
   shapes = jax.eval_shape(lambda: enc.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4))))
   specs = nn.get_partition_spec(shapes)["params"]
   leaves = jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
@@ -260,7 +264,7 @@ def test_from_pretrained_picks_the_backbone(st_dir, dense_dir, relu_dir, tmp_pat
 
 def test_export_keeps_the_sentence_transformers_layout(st_dir, dense_dir, tmp_path):
   out = str(tmp_path / "st")
-  assert convert.main(["to-hf", "--model", st_dir, "--out", out]) == 0  # verifies itself (ours, BertModel, ST)
+  assert convert_cli.main(["to-hf", "--model", st_dir, "--out", out]) == 0  # verifies itself (ours, BertModel, ST)
   modules = json.load(open(os.path.join(out, "modules.json")))
   assert [(m["path"], m["type"].rsplit(".", 1)[-1]) for m in modules] == [
       ("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
@@ -276,24 +280,24 @@ def test_export_keeps_the_sentence_transformers_layout(st_dir, dense_dir, tmp_pa
   assert np.abs(st[comparable] - ours[comparable]).max() <= 1e-5
   assert [reference.PAIRS[i][0] for i in np.flatnonzero(~comparable)] == ["   "]  # the one documented difference
   out2 = str(tmp_path / "dense")
-  assert convert.main(["to-hf", "--model", dense_dir, "--out", out2, "--no-verify"]) == 0  # checked right here
+  assert convert_cli.main(["to-hf", "--model", dense_dir, "--out", out2, "--no-verify"]) == 0  # checked right here
   np.testing.assert_array_equal(Instructor.from_pretrained(out2).encode(reference.PAIRS[:8]),
                                 Instructor.from_pretrained(dense_dir).encode(reference.PAIRS[:8]))
   assert [m["path"] for m in json.load(open(os.path.join(out2, "modules.json")))] == [
       "", "1_Pooling", "2_Dense", "3_Normalize"]
   reference.assert_same_folders(dense_dir, out2)
-  assert convert.main(["to-hf", "--model", st_dir, "--out", str(tmp_path / "legacy"), "--legacy-instructor"]) == 2
+  assert convert_cli.main(["to-hf", "--model", st_dir, "--out", str(tmp_path / "legacy"), "--legacy-instructor"]) == 2
 
 
 def test_orbax_round_trip_meta_and_eval_backends(st_dir, tmp_path):
-  from instructor_jax import eval as ev
+  from instructor_jax.evaluation import runner as ev
   work = str(tmp_path / "work")
-  assert convert.main(["from-hf", "--model", st_dir, "--out", work]) == 0
+  assert convert_cli.main(["from-hf", "--model", st_dir, "--out", work]) == 0
   params, meta = checkpoints.restore_params(work)
   assert meta["backbone"] == "bert" and meta["model_config"]["model_type"] == "bert" and "t5_config" not in meta
   assert "pooler" in params["encoder"] and "dense" not in params
   out = str(tmp_path / "back")
-  assert convert.main(["to-hf", "--checkpoint", work, "--out", out]) == 0
+  assert convert_cli.main(["to-hf", "--checkpoint", work, "--out", out]) == 0
   reference.assert_same_folders(st_dir, out)
   pairs = reference.PAIRS[:12]
   embs = []
@@ -327,7 +331,7 @@ def _bert_train_config(**model):
 def test_training_a_tiny_bert(st_dir, tmp_path):
   """init_from a BERT sentence-transformers folder (the quality experiment's path): 3 steps, checkpoint meta,
   export; random init from ``config.model.bert`` and init_checkpoint build the same model type."""
-  from instructor_jax import train
+  from instructor_jax.training import trainer as train
   config = _bert_train_config(init_from=st_dir, dropout_rate=0.0)
   spec = train.build_model(config)
   cfg = spec.model.config
@@ -343,7 +347,7 @@ def test_training_a_tiny_bert(st_dir, tmp_path):
   assert not np.array_equal(params["encoder"]["layers_0"]["wi"]["kernel"], start["encoder"]["layers_0"]["wi"]["kernel"])
   np.testing.assert_array_equal(params["encoder"]["pooler"]["kernel"], start["encoder"]["pooler"]["kernel"])
   out = str(tmp_path / "export")
-  assert convert.main(["to-hf", "--checkpoint", wd, "--out", out]) == 0  # verified with BertModel + ST
+  assert convert_cli.main(["to-hf", "--checkpoint", wd, "--out", out]) == 0  # verified with BertModel + ST
   assert [m["path"] for m in json.load(open(os.path.join(out, "modules.json")))] == ["", "1_Pooling", "2_Normalize"]
   resumed = train.build_model(_bert_train_config(init_checkpoint=wd))
   assert isinstance(resumed.model.config, BertConfig) and resumed.model.config.pooler
@@ -412,7 +416,7 @@ def test_minilm_embeddings_match_sentence_transformers(minilm_dir):
 
 def test_minilm_converts_both_ways_bit_exactly(minilm_dir, tmp_path):
   work, out = str(tmp_path / "work"), str(tmp_path / "export")
-  assert convert.main(["from-hf", "--model", minilm_dir, "--out", work]) == 0
-  assert convert.main(["to-hf", "--checkpoint", work, "--out", out]) == 0
+  assert convert_cli.main(["from-hf", "--model", minilm_dir, "--out", work]) == 0
+  assert convert_cli.main(["to-hf", "--checkpoint", work, "--out", out]) == 0
   reference.assert_same_folders(minilm_dir, out)
   assert [m["path"] for m in json.load(open(os.path.join(out, "modules.json")))] == ["", "1_Pooling", "2_Normalize"]

@@ -10,8 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from instructor_jax import convert, hf
-from instructor_jax.embedder import Instructor
+from instructor_jax.core import errors
+from instructor_jax.export import convert
+from instructor_jax.models import hf
+from instructor_jax.models.embedder import Instructor
 from reference import PAIRS, ReferenceInstructor, assert_same_folders, make_checkpoint
 
 MAX_LEN = 512
@@ -27,8 +29,8 @@ def exports(src, tmp_path_factory):
   """The default and the legacy export of `src`, through the command line."""
   root = tmp_path_factory.mktemp("exports")
   default, legacy = str(root / "st"), str(root / "legacy")
-  assert convert.main(["to-hf", "--model", src, "--out", default]) == 0
-  assert convert.main(["to-hf", "--model", src, "--out", legacy, "--legacy-instructor"]) == 0
+  assert convert_cli.main(["to-hf", "--model", src, "--out", default]) == 0
+  assert convert_cli.main(["to-hf", "--model", src, "--out", legacy, "--legacy-instructor"]) == 0
   return default, legacy
 
 
@@ -137,7 +139,7 @@ def test_interrupted_export_leaves_nothing(tmp_path, src, monkeypatch):
 
 def test_verification_failure_exits_nonzero_and_keeps_previous(tmp_path, src, monkeypatch, capsys):
   out = str(tmp_path / "out")
-  assert convert.main(["to-hf", "--model", src, "--out", out]) == 0
+  assert convert_cli.main(["to-hf", "--model", src, "--out", out]) == 0
   before = open(os.path.join(out, "model.safetensors"), "rb").read()
   real = convert.write_folder
 
@@ -145,19 +147,19 @@ def test_verification_failure_exits_nonzero_and_keeps_previous(tmp_path, src, mo
     return real(folder, state, dense * 1.01, *a, **k)
 
   monkeypatch.setattr(convert, "write_folder", corrupt)
-  assert convert.main(["to-hf", "--model", src, "--out", out, "--overwrite"]) == 2
+  assert convert_cli.main(["to-hf", "--model", src, "--out", out, "--overwrite"]) == 2
   assert "verification failed" in capsys.readouterr().err
   assert open(os.path.join(out, "model.safetensors"), "rb").read() == before
   assert _tmp_leftovers(tmp_path) == []
   # Without --overwrite an existing folder is an error before any work.
   monkeypatch.setattr(convert, "write_folder", real)
-  assert convert.main(["to-hf", "--model", src, "--out", out]) == 2
+  assert convert_cli.main(["to-hf", "--model", src, "--out", out]) == 2
 
 
 def test_vocab_smaller_than_tokenizer_is_refused(tmp_path):
   src = make_checkpoint(str(tmp_path / "small"), "relu", layout="instructor", vocab_size=512)
   params, hf_config, normalize, tok, _ = convert.load_hf(src)
-  with pytest.raises(convert.ConvertError, match="vocab_size is 512"):
+  with pytest.raises(errors.CheckpointError, match="vocab_size is 512"):
     convert.export_folder(params, hf_config, str(tmp_path / "out"), tokenizer_dir=tok, log=lambda *a: None)
   assert sorted(os.listdir(tmp_path)) == ["small"]
 
@@ -167,8 +169,8 @@ def test_reexport_of_exports(exports, tmp_path, reference):
   default, legacy = exports
   a = str(tmp_path / "from_default")
   b = str(tmp_path / "from_legacy")
-  assert convert.main(["to-hf", "--model", default, "--out", a, "--legacy-instructor"]) == 0
-  assert convert.main(["to-hf", "--model", legacy, "--out", b]) == 0
+  assert convert_cli.main(["to-hf", "--model", default, "--out", a, "--legacy-instructor"]) == 0
+  assert convert_cli.main(["to-hf", "--model", legacy, "--out", b]) == 0
   for folder in (a, b):
     np.testing.assert_allclose(Instructor.from_pretrained(folder).encode(PAIRS), reference, atol=1e-5, rtol=0)
 
@@ -179,10 +181,10 @@ def test_orbax_round_trip(tmp_path, src):
   if not (hasattr(checkpoints, "save_params") and hasattr(checkpoints, "restore_params")):
     pytest.skip("checkpoints.py has no save_params / restore_params yet")
   work = str(tmp_path / "work")
-  assert convert.main(["from-hf", "--model", src, "--out", work]) == 0
-  assert convert.main(["from-hf", "--model", src, "--out", work]) == 2  # refuses a workdir with checkpoints
+  assert convert_cli.main(["from-hf", "--model", src, "--out", work]) == 0
+  assert convert_cli.main(["from-hf", "--model", src, "--out", work]) == 2  # refuses a workdir with checkpoints
   out = str(tmp_path / "back")
-  assert convert.main(["to-hf", "--checkpoint", work, "--out", out]) == 0
+  assert convert_cli.main(["to-hf", "--checkpoint", work, "--out", out]) == 0
   a, b = hf.read_folder(src), hf.read_folder(out)
   for k in a.state:
     assert np.array_equal(a.state[k], b.state[k]), k
@@ -191,6 +193,7 @@ def test_orbax_round_trip(tmp_path, src):
 
 LEGACY_SCRIPT = """
 import json, sys, numpy as np
+from instructor_jax import convert as convert_cli
 from InstructorEmbedding import INSTRUCTOR
 pairs = json.load(open(sys.argv[2]))
 np.save(sys.argv[3], INSTRUCTOR(sys.argv[1], device="cpu").encode(pairs, batch_size=8))

@@ -12,8 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from instructor_jax import data, features, medi, sampling
-from instructor_jax.tokenization import join_instruction
+from instructor_jax.data import stream as data
+from instructor_jax.data import features
+from instructor_jax.data import medi
+from instructor_jax.data import sampling
+from instructor_jax.data.tokenization import join_instruction
+from instructor_jax.data import __main__ as data_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures", "medi")
@@ -173,8 +177,8 @@ def test_preview_two_hosts_disjoint_complete_single_task_and_restart(index):
 
 
 def test_preview_matches_sampler_and_imports_neither_jax_nor_tf(index):
-  code = ("import sys; from instructor_jax import data; "
-          "data.main(['preview', '--medi', %r, '--global-batch', '8', '--steps', '2', '--json']); "
+  code = ("import sys; from instructor_jax.data import __main__ as data_cli; "
+          "data_cli.main(['preview', '--medi', %r, '--global-batch', '8', '--steps', '2', '--json']); "
           "bad = [m for m in ('jax', 'tensorflow', 'seqio', 'transformers') if m in sys.modules]; "
           "assert not bad, bad" % SMALL)
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -211,7 +215,7 @@ CFG = dict(medi_path=SMALL, tfds_data_dir="", max_query_length=24, max_doc_lengt
 
 @pytest.fixture(scope="module")
 def tokenizer():
-  from instructor_jax.tokenization import Tokenizer
+  from instructor_jax.data.tokenization import Tokenizer
   return Tokenizer.from_pretrained(VOCAB)
 
 
@@ -221,7 +225,7 @@ def stream():
 
 
 def test_stream_shapes_and_values(stream, tokenizer):
-  from instructor_jax.tokenization import Tokenizer
+  from instructor_jax.data.tokenization import Tokenizer
   recs = {r.index: r for r in medi.read_medi(SMALL)}
   qt, dt = Tokenizer(tokenizer.hf, 24), Tokenizer(tokenizer.hf, 40)
   assert stream.task_names == sorted(SIZES)
@@ -315,8 +319,8 @@ def test_seqio_vocabulary_ids_equal_the_encoder_tokenizer(tokenizer):
   Known difference, skipped: strings with a literal special token ("</s>", "<pad>", ...), which the Hugging Face
   fast tokenizer turns into the special id while SentencePiece spells out as text.
   """
-  from tasks import medi as tm
-  from instructor_jax.tokenization import Tokenizer
+  from instructor_jax.data import seqio_tasks as tm
+  from instructor_jax.data.tokenization import Tokenizer
   vocab = tm.vocabulary(VOCAB)
   golden = json.load(open(os.path.join(ROOT, "tests", "fixtures", "golden-token-ids-instructor-base.json")))
   strings = [d["input"] for d in golden["datasets"]]
@@ -337,7 +341,7 @@ def test_seqio_vocabulary_ids_equal_the_encoder_tokenizer(tokenizer):
 
 @pytest.fixture(scope="module")
 def seqio_tasks():
-  from tasks import medi as tm
+  from instructor_jax.data import seqio_tasks as tm
   return tm.register_medi(medi_path=SMALL, tokenizer_dir=VOCAB, max_query_length=24, max_doc_length=40,
                           prefix="medi_test")
 
@@ -365,7 +369,7 @@ def test_seqio_tasks_produce_the_stream_features(seqio_tasks, stream):
 
 def test_seqio_feature_converter_pads_like_the_stream(seqio_tasks, stream):
   import seqio
-  from tasks import medi as tm
+  from instructor_jax.data import seqio_tasks as tm
   ds = seqio.get_dataset(seqio_tasks[0], task_feature_lengths=tm.feature_lengths(24, 40, 1), dataset_split="train",
                          shuffle=False, feature_converter=tm.MediFeatureConverter())
   ex = next(ds.batch(4).as_numpy_iterator())
@@ -380,7 +384,7 @@ def test_seqio_feature_converter_pads_like_the_stream(seqio_tasks, stream):
 
 def test_tfds_prepare_and_read_give_identical_batches(tmp_path, stream):
   import tensorflow_datasets as tfds
-  from tasks import medi_tfds
+  from instructor_jax.data import medi_tfds
   tfds.disable_progress_bar()
   objs = json.load(open(SMALL))
   objs[10]["task_name"] = 3.5  # one bad record: counted, reported next to the data
@@ -398,7 +402,7 @@ def test_tfds_prepare_and_read_give_identical_batches(tmp_path, stream):
     a, b = s.get(step), f.get(step)
     assert all(np.array_equal(a[k], b[k]) for k in a)
   # packed rows from the TFDS source are those of the file source too
-  from instructor_jax import packing
+  from instructor_jax.data import packing
   packed = [data.TrainStream.from_config(dict(CFG, **src_kw), VOCAB, 8, 0, 0, 1, packing.Packer(40, 8 * 3))
             for src_kw in (dict(tfds_data_dir=str(tmp_path / "tfds")), dict(medi_path=str(src), skip_invalid=True))]
   for step in range(5):
@@ -407,7 +411,7 @@ def test_tfds_prepare_and_read_give_identical_batches(tmp_path, stream):
   with pytest.raises(ValueError, match="already holds"):
     medi_tfds.prepare(str(src), str(tmp_path / "tfds"))
   # seqio reads the same shards.
-  from tasks import medi as tm
+  from instructor_jax.data import seqio_tasks as tm
   import seqio
   names = tm.register_medi(tfds_data_dir=str(tmp_path / "tfds"), tokenizer_dir=VOCAB, max_query_length=24,
                            max_doc_length=40, prefix="medi_tfds_test")
@@ -418,7 +422,7 @@ def test_tfds_prepare_and_read_give_identical_batches(tmp_path, stream):
 
 def test_tfds_interrupted_preparation_is_not_read(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds
-  from tasks import medi_tfds
+  from instructor_jax.data import medi_tfds
   tfds.disable_progress_bar()
   src = tmp_path / "src" / "medi.json"
   src.parent.mkdir()

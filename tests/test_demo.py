@@ -28,9 +28,9 @@ def test_demo_trains_evaluates_and_exports(tmp_path):
     assert (export / f).exists(), f
   assert json.loads((export / "1_Pooling" / "config.json").read_text())["include_prompt"] is False
   # The exported folder gives the same embeddings as the checkpoint it came from.
-  from instructor_jax.embedder import Instructor
+  from instructor_jax.models.embedder import Instructor
   pairs = [["Represent the sentence: ", "A man is playing a guitar."], "a plain sentence"]
-  from instructor_jax import eval as evaluate
+  from instructor_jax.evaluation import runner as evaluate
   embed, _, _, cleanup = evaluate.load_embedder(str(workdir), "jax", 64, "float32")
   try:
     a = embed.encode(pairs) if hasattr(embed, "encode") else embed(pairs)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import reference
-from instructor_jax import hf
-from instructor_jax.embedder import Instructor
+from instructor_jax.models import hf
+from instructor_jax.models.embedder import Instructor
 
 
 @pytest.mark.parametrize("max_length", [512, 12, 40])
@@ -56,7 +56,7 @@ def test_plain_strings_pool_everything(relu_dir):
 def test_results_do_not_depend_on_bucket_or_batch(relu_dir):
   model = Instructor.from_pretrained(relu_dir)
   base = model.encode(reference.PAIRS, batch_size=4)
-  import instructor_jax.embedder as emb
+  import instructor_jax.models.embedder as emb
   old = emb.BUCKETS
   try:
     emb.BUCKETS = (512,)
@@ -161,7 +161,7 @@ def test_missing_folder_offline_message(tmp_path):
 
 def test_packed_rows_equal_unpacked(relu_dir):
   """Several short inputs share a 128-token row (segment-masked attention, per-segment pooling): same embeddings."""
-  from instructor_jax.embedder import _pack
+  from instructor_jax.models.embedder import _pack
   model = Instructor.from_pretrained(relu_dir)
   lengths = [len(e.ids) for e in model.tokenizer.encode(reference.PAIRS)]
   short = sorted([i for i, n in enumerate(lengths) if n <= 128], key=lambda i: -lengths[i])

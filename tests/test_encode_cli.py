@@ -7,7 +7,7 @@ import pytest
 
 import reference
 from instructor_jax import encode
-from instructor_jax.embedder import Instructor
+from instructor_jax.models.embedder import Instructor
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "instructor_jax", "assets", "tiny-instructor")
 

@@ -18,9 +18,11 @@ import pytest
 from mteb.abstasks import AbsTask, AbsTaskClustering, AbsTaskPairClassification, AbsTaskRetrieval, AbsTaskSTS
 from scipy.stats import spearmanr
 
-from instructor_jax import eval as ev
-from instructor_jax.embedder import Instructor
+from instructor_jax.evaluation import runner as ev
+from instructor_jax.models.embedder import Instructor
 from instructor_jax.evaluation import encoder as enc, local, model as model_lib, readers, tasks as local_tasks
+from instructor_jax import convert as convert_cli
+from instructor_jax import eval as eval_cli
 from reference import make_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval")
@@ -52,7 +54,7 @@ def evaluated(model_dir, tmp_path_factory):
   import io
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
-    assert ev.main(["--model", model_dir, "--data-dir", FIXTURES, "--output", out, "--max-length", str(MAX_LEN)]) == 0
+    assert eval_cli.main(["--model", model_dir, "--data-dir", FIXTURES, "--output", out, "--max-length", str(MAX_LEN)]) == 0
   return out, json.load(open(os.path.join(out, "summary.json"))), buf.getvalue()
 
 
@@ -277,7 +279,7 @@ def test_clustering_uses_mteb_bootstrap(evaluated):
 
 def test_stand_in_tasks_through_the_cli(model_dir, tmp_path, table):
   out = str(tmp_path / "out")
-  assert ev.main(["--model", model_dir, "--data-dir", FORMATS, "--output", out, "--max-length", str(MAX_LEN),
+  assert eval_cli.main(["--model", model_dir, "--data-dir", FORMATS, "--output", out, "--max-length", str(MAX_LEN),
                   "--cache-dir", "none"]) == 0
   rows = {r["task"]: r for r in json.load(open(os.path.join(out, "summary.json")))["tasks"]}
   assert set(rows) == {"AGNewsTitlesClustering", "MRPC", "SICK-R", "SICK-R.official", "TrecQAReranking",
@@ -327,7 +329,7 @@ def test_results_in_mteb_layout_load_with_mteb_classes(evaluated, model_dir):
 def test_rerun_reads_every_embedding_from_the_cache(evaluated, model_dir, capsys):
   out, summary, first = evaluated
   assert " 0 hits" in first
-  assert ev.main(["--model", model_dir, "--data-dir", FIXTURES, "--output", out, "--max-length", str(MAX_LEN)]) == 0
+  assert eval_cli.main(["--model", model_dir, "--data-dir", FIXTURES, "--output", out, "--max-length", str(MAX_LEN)]) == 0
   second = capsys.readouterr().out
   assert " 0 misses" in second and " 0 hits" not in second
   again = json.load(open(os.path.join(out, "summary.json")))["tasks"]
@@ -337,17 +339,17 @@ def test_rerun_reads_every_embedding_from_the_cache(evaluated, model_dir, capsys
 def test_demo_rerun_reuses_its_embedding_cache(model_dir, tmp_path, capsys):
   """As train.finish does: evaluate WORKDIR into WORKDIR/eval, export WORKDIR/export with the results; a rerun
   finds the same revision (the workdir changed, the checkpoint did not) and every embedding in the cache."""
-  from instructor_jax import convert
+  from instructor_jax.export import convert
   work = str(tmp_path / "demo")
-  assert convert.main(["from-hf", "--model", model_dir, "--out", work]) == 0
+  assert convert_cli.main(["from-hf", "--model", model_dir, "--out", work]) == 0
   args = ["--model", work, "--data-dir", os.path.join(FIXTURES, "stsbenchmark"), "--output",
           os.path.join(work, "eval"), "--max-length", str(MAX_LEN)]
-  assert ev.main(args) == 0
+  assert eval_cli.main(args) == 0
   assert " 0 hits, 2 misses" in capsys.readouterr().out
-  assert convert.main(["to-hf", "--checkpoint", work, "--out", os.path.join(work, "export"), "--overwrite",
+  assert convert_cli.main(["to-hf", "--checkpoint", work, "--out", os.path.join(work, "export"), "--overwrite",
                        "--eval-results", os.path.join(work, "eval")]) == 0
   assert "STSBenchmark" in open(os.path.join(work, "export", "README.md")).read()
-  assert ev.main(args) == 0
+  assert eval_cli.main(args) == 0
   assert "2 hits, 0 misses" in capsys.readouterr().out
   assert len(os.listdir(os.path.join(work, "eval", ".embedding_cache"))) == 1
   assert len(os.listdir(os.path.join(work, "eval", "results", "local__demo"))) == 1
@@ -393,14 +395,14 @@ def test_encoder_through_mteb_evaluate_on_mock_tasks(model_dir, table):
 
 def test_orbax_checkpoint_and_torch_backend_give_the_same_scores(model_dir, tmp_path):
   """--model accepts an orbax workdir (from-hf) and --backend torch (T5EncoderModel) agrees with jax."""
-  from instructor_jax import convert
+  from instructor_jax.export import convert
   work = str(tmp_path / "work")
-  assert convert.main(["from-hf", "--model", model_dir, "--out", work]) == 0
+  assert convert_cli.main(["from-hf", "--model", model_dir, "--out", work]) == 0
   scores, frameworks = {}, {}
   for name, model, backend in (("jax", model_dir, "jax"), ("orbax", work, "jax"), ("torch", model_dir, "torch"),
                                ("orbax-torch", work, "torch")):
     out = str(tmp_path / name)
-    assert ev.main(["--model", model, "--backend", backend, "--data-dir", os.path.join(FIXTURES, "stsbenchmark"),
+    assert eval_cli.main(["--model", model, "--backend", backend, "--data-dir", os.path.join(FIXTURES, "stsbenchmark"),
                     "--output", out, "--max-length", str(MAX_LEN)]) == 0
     s = json.load(open(os.path.join(out, "summary.json")))
     scores[name] = s["tasks"][0]["score"]
@@ -416,7 +418,7 @@ def test_orbax_checkpoint_and_torch_backend_give_the_same_scores(model_dir, tmp_
 
 def test_cli_no_instructions_and_task_filter(model_dir, inst, tmp_path):
   out = str(tmp_path / "out")
-  assert ev.main(["--model", model_dir, "--data-dir", FIXTURES, "--tasks", "STS", "--output", out,
+  assert eval_cli.main(["--model", model_dir, "--data-dir", FIXTURES, "--tasks", "STS", "--output", out,
                   "--no-instructions", "--max-length", str(MAX_LEN), "--cache-dir", "none"]) == 0
   s = json.load(open(os.path.join(out, "summary.json")))
   assert [t["task"] for t in s["tasks"]] == ["STSBenchmark"] and s["tasks"][0]["instruction"] == ""
@@ -425,23 +427,23 @@ def test_cli_no_instructions_and_task_filter(model_dir, inst, tmp_path):
   e1, e2 = inst.encode([c[5] for c in lines]), inst.encode([c[6] for c in lines])
   want = spearmanr([float(c[4]) for c in lines], np.sum(_unit(e1) * _unit(e2), -1))[0]
   assert s["tasks"][0]["score"] == pytest.approx(want, abs=1e-6)
-  assert ev.main(["--model", model_dir, "--data-dir", FIXTURES, "--tasks", "NoSuchTask", "--output", out]) == 2
+  assert eval_cli.main(["--model", model_dir, "--data-dir", FIXTURES, "--tasks", "NoSuchTask", "--output", out]) == 2
 
 
 def test_list_tasks(model_dir, capsys):
-  assert ev.main(["--list-tasks", "--data-dir", FORMATS, "--model", model_dir]) == 0
+  assert eval_cli.main(["--list-tasks", "--data-dir", FORMATS, "--model", model_dir]) == 0
   text = capsys.readouterr().out
   rows = {l.split(" | ")[0].strip("| "): l for l in text.splitlines() if l.startswith("| ") and " local " in l}
   assert set(rows) == {"AGNewsTitlesClustering", "MRPC", "SICK-R", "SICK-R.official", "TrecQAReranking",
                        "TwitterPIT2015", "TwitterURLCorpusTest", "WikiQAReranking"}
   assert "| STS |" in rows["SICK-R"] and "table hkunlp/instructor-base" in rows["SICK-R"]
   assert "(SICK-R, adapted_from)" in rows["SICK-R.official"] and "generic Reranking" in rows["WikiQAReranking"]
-  assert ev.main(["--list-tasks", "--tasks", "SciFact,STSBenchmark.v2"]) == 0
+  assert eval_cli.main(["--list-tasks", "--tasks", "SciFact,STSBenchmark.v2"]) == 0
   text = capsys.readouterr().out
   scifact = next(l for l in text.splitlines() if l.startswith("| SciFact |"))
   assert "Represent a Scientific query" in scifact and "represent the Scientific passage" in scifact
   assert "(STSBenchmark, adapted_from)" in next(l for l in text.splitlines() if l.startswith("| STSBenchmark.v2 |"))
-  assert ev.main(["--list-tasks"]) == 0
+  assert eval_cli.main(["--list-tasks"]) == 0
   text = capsys.readouterr().out
   assert "| Banking77Classification | Classification | mteb |" in text and "generic Retrieval" in text
 
@@ -454,7 +456,7 @@ def test_offline_mteb_task_fails_clearly(model_dir, tmp_path, capsys, monkeypatc
   monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
   monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
   out = str(tmp_path / "out")
-  assert ev.main(["--model", model_dir, "--tasks", "STSBenchmark", "--output", out, "--max-length", "32"]) == 1
+  assert eval_cli.main(["--model", model_dir, "--tasks", "STSBenchmark", "--output", out, "--max-length", "32"]) == 1
   err = capsys.readouterr().err
   assert "error: STSBenchmark:" in err and "--data-dir" in err and "no summary written" in err
   assert not os.path.exists(os.path.join(out, "summary.json"))
@@ -478,7 +480,7 @@ def test_unreadable_data_names_file_and_line(model_dir, tmp_path, capsys, case):
     open(d / "test.tsv", "w").write("sentence1\tsentence2\tscore\na\tb\t1\n")
     (d / "task.json").write_text('{"type": "PairClassification"}')
     want = "test.tsv:2: missing column 'label'"
-  code = ev.main(["--model", model_dir, "--data-dir", str(d), "--output", str(tmp_path / "out")])
+  code = eval_cli.main(["--model", model_dir, "--data-dir", str(d), "--output", str(tmp_path / "out")])
   err = capsys.readouterr().err
   assert code == 2 and want in err, err
 

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instructor_jax import losses
-from instructor_jax.embedder import InstructorModel
-from instructor_jax.t5 import T5Config
+from instructor_jax.training import losses
+from instructor_jax.models.embedder import InstructorModel
+from instructor_jax.models.t5 import T5Config
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA GPU (jax backend 'gpu')")
 

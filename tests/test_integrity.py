@@ -17,7 +17,13 @@ import time
 import numpy as np
 import pytest
 
-from instructor_jax import checkpoints, features, medi, run_config, sampling, workdir
+from instructor_jax.storage import checkpoints
+from instructor_jax.data import features
+from instructor_jax.data import medi
+from instructor_jax.training import run_config
+from instructor_jax.data import sampling
+from instructor_jax.storage import workdir
+from instructor_jax import convert as convert_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -321,7 +327,7 @@ def test_encode_attention_that_cannot_fit_fails_before_allocating(tmp_path):
 
 
 def test_a_killed_exports_temp_folder_is_removed_by_the_next_export(tmp_path):
-  from instructor_jax import convert
+  from instructor_jax.export import convert
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   out = tmp_path / "export"
@@ -336,7 +342,7 @@ def test_a_killed_exports_temp_folder_is_removed_by_the_next_export(tmp_path):
   live.mkdir()
   (live / ".owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                 "start_time": workdir._start_time(os.getpid())}))
-  assert convert.main(["to-hf", "--model", TINY, "--out", str(out)]) == 0
+  assert convert_cli.main(["to-hf", "--model", TINY, "--out", str(out)]) == 0
   assert sorted(os.listdir(tmp_path)) == [".export.tmp-live", "export"]
   assert not os.path.exists(out / ".owner.json")
 

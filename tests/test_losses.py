@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instructor_jax import losses
+from instructor_jax.training import losses
 
 
 def _cos(a, b):

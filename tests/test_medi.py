@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from instructor_jax import medi
+from instructor_jax.data import medi
+from instructor_jax import medi as medi_cli
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "medi")
 SMALL = os.path.join(FIX, "medi_small.json")
@@ -285,12 +286,12 @@ def test_missing_file():
 
 
 def test_validate_cli(tmp_path, capsys):
-  assert medi.main(["validate", SMALL]) == 0
+  assert medi_cli.main(["validate", SMALL]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out["valid"] == 212 and out["tasks"]["sick_train_entailment"] == 12
   path, _ = _bad_file(tmp_path, "empty_text", "array")
-  assert medi.main(["validate", path]) == 2
+  assert medi_cli.main(["validate", path]) == 2
   assert f"{path}:" in capsys.readouterr().err
   rep = tmp_path / "rep.json"
-  assert medi.main(["validate", path, "--skip-invalid", "--report", str(rep)]) == 0
+  assert medi_cli.main(["validate", path, "--skip-invalid", "--report", str(rep)]) == 0
   assert json.loads(rep.read_text())["skipped_by_class"] == {"empty_text": 1}

@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from instructor_jax import medi, medi_builder
+from instructor_jax.data import medi
+from instructor_jax.data import medi_builder
+from instructor_jax import medi as medi_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SNI = os.path.join(HERE, "fixtures", "super-ni")
@@ -165,7 +167,7 @@ def test_build_cli_with_a_tiny_checkpoint(tmp_path):
   merge = os.path.join(HERE, "fixtures", "medi", "instructor_readme_medi_examples.json")
   args = ["build", "--super-ni", str(sni), "--embedder", ckpt, "--annotations", str(ann), "--out", str(out),
           "--merge", merge, "--batch-size", "16", "--max-length", "64"]
-  assert medi.main(args) == 0
+  assert medi_cli.main(args) == 0
   recs = list(medi.read_medi(str(out), strict=True))
   rep = json.load(open(str(out) + ".report.json"))
   mined = [r for r in recs if r.task in (CLS_TASK, GEN_TASK)]
@@ -173,7 +175,7 @@ def test_build_cli_with_a_tiny_checkpoint(tmp_path):
   assert [r.task for r in recs[-3:]] == ["1", "1", "300"] and rep["records"] == len(recs)
   assert all(r.query.instruction.endswith(": ") for r in mined)
   first = out.read_bytes()
-  assert medi.main(args) == 0 and out.read_bytes() == first  # deterministic
+  assert medi_cli.main(args) == 0 and out.read_bytes() == first  # deterministic
 
 
 def test_unknown_task_names_list_the_closest_ones(tmp_path, capsys):
@@ -185,7 +187,7 @@ def test_unknown_task_names_list_the_closest_ones(tmp_path, capsys):
   assert len(medi_builder.select_tasks(SNI)) == len([f for f in os.listdir(SNI) if f.endswith(".json")])
   args = ["build", "--super-ni", SNI, "--embedder", str(tmp_path / "no-such-model"), "--out",
           str(tmp_path / "o.jsonl"), "--tasks", "jeopardy"]
-  assert medi.main(args) == 2
+  assert medi_cli.main(args) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "'jeopardy' (closest: task305_jeopardy" in err and "no Super" not in err
   empty = tmp_path / "empty"

@@ -16,10 +16,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from instructor_jax import data, packing, sharding, step, train
-from instructor_jax.bert import BertConfig
-from instructor_jax.embedder import InstructorModel
-from instructor_jax.t5 import T5Config
+from instructor_jax.data import stream as data
+from instructor_jax.data import packing
+from instructor_jax.training import sharding
+from instructor_jax.training import step
+from instructor_jax.training import trainer as train
+from instructor_jax.models.bert import BertConfig
+from instructor_jax.models.embedder import InstructorModel
+from instructor_jax.models.t5 import T5Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -12,8 +12,13 @@ import sys
 import numpy as np
 import pytest
 
-from instructor_jax import data, features, medi, packing, prepared
-from instructor_jax.errors import DataError
+from instructor_jax.data import stream as data
+from instructor_jax.data import features
+from instructor_jax.data import medi
+from instructor_jax.data import packing
+from instructor_jax.data import prepared
+from instructor_jax.core.errors import DataError
+from instructor_jax import medi as medi_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = os.path.join(ROOT, "tests", "fixtures", "medi", "medi_small.json")
@@ -44,7 +49,7 @@ def test_same_records_tokens_and_fingerprint_as_the_file(store, file_index):
   assert len(index.manifest["shards"]) > 3
   assert index.task_names == file_index.task_names and index.sizes == file_index.sizes
   assert index.fingerprint() == file_index.fingerprint()
-  counts, summary = medi.task_counts(store)  # `medi tasks PREPARED` reads the manifest only
+  counts, summary = medi_cli.task_counts(store)  # `medi tasks PREPARED` reads the manifest only
   assert counts == dict(zip(file_index.task_names, file_index.sizes)) and "prepared from" in summary
   for mine, ref in zip(index.tasks, file_index.tasks):
     assert np.array_equal(mine.ids, ref.ids) and np.array_equal(mine.pos_keys, ref.pos_keys)

@@ -15,8 +15,9 @@ import torch
 
 import reference
 from bench import quality
-from instructor_jax import losses, train
-from instructor_jax.embedder import Instructor
+from instructor_jax.training import losses
+from instructor_jax.training import finish, trainer as train
+from instructor_jax.models.embedder import Instructor
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 MEDI = os.path.join(FIXTURES, "medi", "medi_small.json")
@@ -66,7 +67,7 @@ def test_torch_restatement_matches_jax_trainer(tmp_path):
   c.async_checkpoints = False
   workdir = str(tmp_path / "jax")
   train.train(c, workdir)
-  train.finish(c, workdir)
+  finish.finish(c, workdir)
   jax_losses = [json.loads(l)["loss"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert len(jax_losses) == steps
 

@@ -14,9 +14,12 @@ import tempfile
 import numpy as np
 import pytest
 
-from instructor_jax import data, features, packing, seqio_source
-from instructor_jax.errors import DataError
-from instructor_jax.tokenization import Tokenizer
+from instructor_jax.data import stream as data
+from instructor_jax.data import features
+from instructor_jax.data import packing
+from instructor_jax.data import seqio_source
+from instructor_jax.core.errors import DataError
+from instructor_jax.data.tokenization import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = os.path.join(ROOT, "tests", "fixtures", "medi", "medi_small.json")
@@ -28,7 +31,7 @@ SEQIO = dict(CFG, source="seqio", mixture_or_task="medi_t14", seqio_modules="")
 
 @pytest.fixture(scope="module")
 def registered():
-  from tasks import medi as tm  # registered with 512 / 512; training hands its own lengths to the preprocessor
+  from instructor_jax.data import seqio_tasks as tm  # registered with 512 / 512; training hands its own lengths to the preprocessor
   return tm.register_medi(medi_path=SMALL, tokenizer_dir=VOCAB, prefix="medi_t14")
 
 
@@ -93,7 +96,7 @@ def test_unknown_name_lists_the_registered_ones(registered):
 def test_missing_features_are_named(registered):
   import seqio
   import tensorflow as tf
-  from tasks import medi as tm
+  from instructor_jax.data import seqio_tasks as tm
   vocab = tm.vocabulary(VOCAB)
   feats = {k: v for k, v in tm.output_features(vocab).items() if k not in ("pos_instr_len", "neg_tokens")}
   source = seqio.FunctionDataSource(lambda split, shuffle_files, seed=None: tf.data.Dataset.range(3).map(

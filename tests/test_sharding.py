@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from instructor_jax import sharding
+from instructor_jax.training import sharding
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

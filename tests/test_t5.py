@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import reference
-from instructor_jax import hf
-from instructor_jax.t5 import T5Config, T5Encoder, relative_position_buckets
+from instructor_jax.models import hf
+from instructor_jax.models.t5 import T5Config, T5Encoder, relative_position_buckets
 
 
 def _encoder(folder, **overrides):

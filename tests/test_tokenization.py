@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from instructor_jax.tokenization import Tokenizer, instruction_length, join_instruction
+from instructor_jax.data.tokenization import Tokenizer, instruction_length, join_instruction
 
 HERE = os.path.dirname(__file__)
 VOCAB = os.path.join(HERE, "..", "instructor_jax", "assets", "t5-vocab")

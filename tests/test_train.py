@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from instructor_jax import checkpoints
+from instructor_jax.storage import checkpoints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -41,12 +41,12 @@ class TorchInstructor:
     self.folder, self.max_length = folder, max_length
 
   def encode(self, inputs: Sequence, batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
-    from instructor_jax.convert import reference_encode
+    from instructor_jax.export.convert import reference_encode
     return reference_encode(self.folder, list(inputs), max_length=self.max_length, batch_size=batch_size)
 
 
 def is_orbax(path: str) -> bool:
-  from instructor_jax.checkpoints import is_checkpoint
+  from instructor_jax.storage.checkpoints import is_checkpoint
   return is_checkpoint(path)
 
 
@@ -97,7 +97,7 @@ def params_revision(params, hf_config: dict, normalize: bool, tokenizer_dir: str
     x = np.ascontiguousarray(np.asarray(x))
     h.update(f"{jax.tree_util.keystr(path)}|{x.dtype}|{x.shape}".encode())
     h.update(memoryview(x).cast("B"))
-  from instructor_jax.checkpoints import tokenizer_files
+  from instructor_jax.storage.checkpoints import tokenizer_files
   for n in tokenizer_files(tokenizer_dir):
     with open(os.path.join(tokenizer_dir, n), "rb") as f:
       h.update(n.encode() + b"\0" + f.read())
@@ -115,17 +115,18 @@ def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype
   (or plain texts) and returns float32 ``[N, D]``."""
   import jax
   import jax.numpy as jnp
-  from instructor_jax import convert, hf
-  from instructor_jax.embedder import Instructor, InstructorModel, _resolve
+  from instructor_jax.export import convert
+  from instructor_jax.models import hf
+  from instructor_jax.models.embedder import Instructor, InstructorModel, _resolve
   if backend not in ("jax", "torch"):
     raise ValueError(f"--backend {backend!r}: expected jax or torch")
   cdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   framework = "JAX" if backend == "jax" else "PyTorch"
   if is_orbax(model):
-    from instructor_jax.tokenization import Tokenizer
+    from instructor_jax.data.tokenization import Tokenizer
     params, hf_config, normalize, tokenizer_dir, _, _, _ = convert.load_checkpoint(model)
     cfg = hf.match_params(hf.config_from_hf(hf_config), params)
-    convert.check_vocab(cfg.vocab_size, tokenizer_dir)
+    check_vocab(cfg.vocab_size, tokenizer_dir)
     if hf.backbone(cfg) == "bert":  # no positions beyond the table (as Instructor.from_pretrained)
       max_length = min(max_length, cfg.max_position_embeddings)
     out_features = int(np.shape(params["dense"]["kernel"])[1]) if "dense" in params else None
@@ -164,6 +165,6 @@ def d_model_of(model: str | None) -> int | None:
   path = os.path.join(model_dir(model), "config.json")
   if not os.path.exists(path):
     return None
-  from instructor_jax import hf
+  from instructor_jax.models import hf
   with open(path, encoding="utf-8") as f:
     return hf.config_from_hf(json.load(f)).d_model

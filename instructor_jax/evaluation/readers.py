@@ -37,11 +37,10 @@ import re
 
 import numpy as np
 
-from instructor_jax import errors
+from instructor_jax.core import errors
 
 
-class DataError(errors.DataError):
-  """Unreadable or unusable task data; the message names the file (and line)."""
+DataError = errors.DataError  # core/errors.py
 
 
 def check(task_type: str, data: dict, where: str, score_range: tuple | None = None) -> None:

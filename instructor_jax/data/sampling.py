@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from instructor_jax.errors import DataError
+from instructor_jax.core.errors import DataError
 
 SAMPLING = ("proportional", "temperature", "uniform")
 SMALL_TASKS = ("drop",)   # a task smaller than the batch cannot fill one without repeating a record

@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any, Mapping
 
-from instructor_jax.errors import UserError
+from instructor_jax.core import errors
 
 OPERATIONAL = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints", "mesh_shape",
                "compile_devices", "logical_axis_rules", "grad_cache_chunk", "grad_cache_fsdp",
@@ -32,8 +32,7 @@ OPERATIONAL = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", 
 DATA_KEY = "data"   # in resume_allow_changes: accept a change of the data's content (task names and sizes)
 
 
-class ConfigError(UserError, ValueError):
-  """A bad config value: ``--config.KEY: message``."""
+ConfigError = errors.ConfigError  # core/errors.py
 
 
 def flatten(tree: Any, prefix: str = "") -> dict:
@@ -131,7 +130,8 @@ def _choice(config, key, choices, optional=False):
 
 def validate(config) -> None:
   """Checks every key the trainer reads; raises ``ConfigError`` naming the first bad one."""
-  from instructor_jax import losses, sampling
+  from instructor_jax.training import losses
+  from instructor_jax.data import sampling
   for key in ("num_train_steps", "global_batch_size", "log_every_steps", "checkpoint_every_steps",
               "keep_checkpoints"):
     _number(config, key, low=1, integer=True)

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from instructor_jax.t5 import run_layers
+from instructor_jax.models.t5 import run_layers
 
 Dtype = Any
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -22,12 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from instructor_jax import checkpoints, hf, sharding
-from instructor_jax.bert import BertConfig
-from instructor_jax.embedder import InstructorModel
-from instructor_jax.t5 import T5Config
+from instructor_jax.storage import checkpoints
+from instructor_jax.models import hf
+from instructor_jax.training import sharding
+from instructor_jax.models.bert import BertConfig
+from instructor_jax.models.embedder import InstructorModel
+from instructor_jax.models.t5 import T5Config
+from instructor_jax.data.tokenization import T5_VOCAB
 
-ASSETS_VOCAB = os.path.join(os.path.dirname(__file__), "assets", "t5-vocab")
+ASSETS_VOCAB = T5_VOCAB
 
 
 @dataclasses.dataclass
@@ -74,7 +76,7 @@ def build_model(config, load_weights: bool = True) -> ModelSpec:
     out_features, normalize, pad_id = meta["out_features"], meta["normalize"], meta.get("pad_id", 0)
     tok_dir, max_len = meta["tokenizer_dir"], meta.get("max_seq_length")
   elif mc.get("init_from", "") and (load_weights or mc.get("backbone", "t5") != "t5" or not mc.get("t5", None)):
-    from instructor_jax import embedder
+    from instructor_jax.models import embedder
     folder = hf.read_folder(embedder._resolve(mc.init_from))
     cfg = hf.with_overrides(folder.config, **overrides)
     out_features = None if folder.dense is None else int(folder.dense.shape[0])

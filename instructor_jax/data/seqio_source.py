@@ -29,13 +29,12 @@ import difflib
 import hashlib
 import importlib
 import logging
-from typing import Sequence
 
 import numpy as np
 
-from instructor_jax import medi
-from instructor_jax.errors import DataError
-from instructor_jax.features import MediIndex, TaskData, ragged_from_rows
+from instructor_jax.data import medi
+from instructor_jax.core.errors import DataError
+from instructor_jax.data.features import MediIndex, TaskData, ragged_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ DEFAULT_MODULES = "tasks.medi"
 
 def import_modules(modules: str) -> None:
   """Imports the modules that register Tasks, with TensorFlow kept off the GPUs first."""
-  from tasks import hide_gpus_from_tf
+  from instructor_jax.data.tf_env import hide_gpus_from_tf
   hide_gpus_from_tf()
   for name in [m.strip() for m in str(modules or "").split(",") if m.strip()]:
     try:

@@ -30,7 +30,7 @@ import uuid
 import jax
 import numpy as np
 
-from instructor_jax.errors import UserError
+from instructor_jax.core.errors import UserError
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 10.0

@@ -21,8 +21,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from instructor_jax.errors import UserError
-from instructor_jax.medi import Report, read_medi, stable_hash, write_jsonl
+from instructor_jax.core import errors
+from instructor_jax.data.medi import Report, read_medi, stable_hash, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,7 @@ def is_classification(outputs: Sequence[str], ann: Mapping[str, str], max_labels
   return distinct <= max_labels and distinct <= len(outputs) / 4
 
 
-class BuildError(UserError, ValueError):
-  """A builder input the user can fix (unknown task names, no task files)."""
+BuildError = errors.DataError  # core/errors.py
 
 
 def select_tasks(super_ni_dir: str, tasks: Sequence[str] = ()) -> list[str]:
@@ -341,7 +340,7 @@ def run(args) -> int:
   """``medi build``: mine, merge, write ``--out`` and ``--out.report.json`` atomically."""
   quiet_jax_logs()
   select_tasks(args.super_ni, args.tasks or ())  # before loading the embedder: a typo fails in a second
-  from instructor_jax.embedder import Instructor  # JAX only for the builder
+  from instructor_jax.models.embedder import Instructor  # JAX only for the builder
   model = Instructor.from_pretrained(args.embedder, max_length=args.max_length)
   embed = lambda texts: model.encode(list(texts), batch_size=args.batch_size)
   records, report = build_medi(args.super_ni, embed, _load_annotations(args.annotations), seed=args.seed,

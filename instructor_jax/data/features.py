@@ -17,9 +17,9 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from instructor_jax import medi
-from instructor_jax.errors import DataError
-from instructor_jax.tokenization import Encoded, Tokenizer, join_instruction
+from instructor_jax.data import medi
+from instructor_jax.core.errors import DataError
+from instructor_jax.data.tokenization import Encoded, Tokenizer, join_instruction
 
 PAD_ID = 0
 _TOKENIZE_CHUNK = 2048             # records per tokenizer call while loading
@@ -262,7 +262,7 @@ class MediIndex:
 
   @classmethod
   def from_tfds(cls, data_dir: str, strict: bool = False, featurizer: Optional[Featurizer] = None) -> "MediIndex":
-    from tasks import medi_tfds  # imports TensorFlow / TFDS
+    from instructor_jax.data import medi_tfds  # imports TensorFlow / TFDS
     report = medi.Report(data_dir)
     return cls.build(medi_tfds.read_prepared(data_dir, strict=strict, report=report), report, data_dir, featurizer)
 

@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instructor_jax import hf
-from instructor_jax.errors import UserError
-from instructor_jax.bert import BertConfig, BertEncoder
-from instructor_jax.t5 import T5Config, T5Encoder
-from instructor_jax.tokenization import DEFAULT_MAX_LENGTH, Input, Tokenizer
+from instructor_jax.models import hf
+from instructor_jax.core.errors import UserError
+from instructor_jax.models.bert import BertConfig, BertEncoder
+from instructor_jax.models.t5 import T5Config, T5Encoder
+from instructor_jax.data.tokenization import DEFAULT_MAX_LENGTH, Input, Tokenizer, check_vocab
 
 # Padded lengths used by `encode`: inputs are padded up to the next bucket (capped by max_length), so the number of
 # compiled shapes stays small whatever the data.
@@ -127,7 +127,7 @@ class Instructor:
     """Loads the INSTRUCTOR, sentence-transformers (GTR, MiniLM, ...) or plain T5 / BERT layout from a folder or a
     hub id, or a training workdir / ``WORKDIR/STEP`` (``from_checkpoint``); the backbone comes from ``config.json``. For BERT, ``max_length`` is capped at
     ``max_position_embeddings`` (there are no positions beyond the table)."""
-    from instructor_jax import checkpoints
+    from instructor_jax.storage import checkpoints
     if checkpoints.is_checkpoint(os.fspath(path_or_hub_id)):
       return cls.from_checkpoint(path_or_hub_id, dtype=dtype, max_length=max_length, param_dtype=param_dtype)
     root = _resolve(path_or_hub_id)
@@ -146,13 +146,12 @@ class Instructor:
                       param_dtype=jnp.float32) -> "Instructor":
     """A training workdir (its newest intact step) or ``WORKDIR/STEP``: verified parameters, the workdir's
     tokenizer (``checkpoints.restore_params``)."""
-    from instructor_jax import checkpoints
+    from instructor_jax.storage import checkpoints
     params, meta = checkpoints.restore_params(os.fspath(path))
     cfg = hf.match_params(hf.config_from_hf(checkpoints.model_config(meta), dtype=dtype, param_dtype=param_dtype),
                           params)
     if isinstance(cfg, BertConfig):
       max_length = min(max_length, cfg.max_position_embeddings)
-    from instructor_jax.convert import check_vocab
     check_vocab(cfg.vocab_size, meta["tokenizer_dir"])
     tokenizer = Tokenizer.from_pretrained(meta["tokenizer_dir"], max_length=max_length)
     out_features = int(np.shape(params["dense"]["kernel"])[1]) if "dense" in params else None

@@ -44,11 +44,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from instructor_jax import medi
-from instructor_jax.errors import DataError
-from instructor_jax.features import (MAX_INVALID_FRACTION, _TOKENIZE_CHUNK, Featurizer, check_invalid,
+from instructor_jax.data import medi
+from instructor_jax.core.errors import DataError
+from instructor_jax.data.features import (MAX_INVALID_FRACTION, _TOKENIZE_CHUNK, Featurizer, check_invalid,
                                      content_fingerprint)
-from instructor_jax.tokenization import join_instruction
+from instructor_jax.data.tokenization import join_instruction
 
 log = logging.getLogger(__name__)
 

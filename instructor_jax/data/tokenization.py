@@ -28,6 +28,8 @@ from typing import Iterable, Sequence, Union
 Input = Union[str, Sequence[str]]
 
 DEFAULT_MAX_LENGTH = 512
+# The real T5 SentencePiece vocabulary shipped with the package (the default tokenizer of random-init runs).
+T5_VOCAB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "t5-vocab")
 
 
 def join_instruction(instruction: str, text: str) -> str:
@@ -125,3 +127,12 @@ class Tokenizer:
   def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
     """Plain tokenisation (strip, special tokens, truncation) without any instruction handling."""
     return self._ids([t.strip() for t in texts])
+
+
+def check_vocab(vocab_size: int, tokenizer_dir: str) -> None:
+  """The tokenizer must not produce ids outside the embedding table (torch would crash, JAX would give NaN)."""
+  n = Tokenizer.from_pretrained(tokenizer_dir).vocab_size
+  if n > vocab_size:
+    from instructor_jax.core.errors import CheckpointError
+    raise CheckpointError(f"{tokenizer_dir}: the tokenizer has {n} tokens but the model's vocab_size is {vocab_size}; "
+                          "this checkpoint cannot embed text tokenized with it (trained on synthetic token ids?)")

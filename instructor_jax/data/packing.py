@@ -36,13 +36,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from instructor_jax.errors import UserError
+from instructor_jax.core import errors
 
 PACK_KEYS = ("tokens", "segment_ids", "pool_ids", "slot_seq")
 
 
-class PackingError(UserError, ValueError):
-  """A step whose sequences cannot be placed (names the step and the task)."""
+PackingError = errors.ConfigError  # core/errors.py
 
 
 def best_fit_decreasing(lengths: Sequence[int], row_length: int, max_segments: int) -> list[list[int]]:

@@ -63,7 +63,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from instructor_jax import losses, sharding
+from instructor_jax.training import losses
+from instructor_jax.training import sharding
 
 P = jax.sharding.PartitionSpec
 _REPLICATED = P()

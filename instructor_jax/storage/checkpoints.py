@@ -38,7 +38,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from instructor_jax.errors import UserError
+from instructor_jax.core import errors
 
 ITEMS = ("params", "train", "data", "meta")
 TOKENIZER_SUBDIR = "tokenizer"
@@ -50,8 +50,7 @@ def _abs(path: str) -> str:
   return os.path.abspath(os.fspath(path))
 
 
-class CheckpointError(UserError, RuntimeError):
-  """A checkpoint step that cannot be used: unreadable, incomplete, or failing its checksums."""
+CheckpointError = errors.CheckpointError  # core/errors.py
 
 
 # ----------------------------------------------------------------------------------------------------------------

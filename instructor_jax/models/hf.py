@@ -25,9 +25,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from instructor_jax.bert import BertConfig
-from instructor_jax.errors import UserError
-from instructor_jax.t5 import T5Config
+from instructor_jax.core import errors
+from instructor_jax.models.bert import BertConfig
+from instructor_jax.models.t5 import T5Config
 
 Config = T5Config | BertConfig
 BACKBONES = {"t5": T5Config, "bert": BertConfig}
@@ -35,8 +35,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
-class CheckpointError(UserError, ValueError):
-  """A checkpoint folder that cannot be read as a T5 / BERT / INSTRUCTOR model."""
+CheckpointError = errors.CheckpointError  # core/errors.py
 
 
 def backbone(cfg: Config) -> str:

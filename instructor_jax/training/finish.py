@@ -10,7 +10,7 @@ import os
 import jax
 import ml_collections
 
-from instructor_jax import checkpoints
+from instructor_jax.storage import checkpoints
 
 
 def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -31,7 +31,8 @@ def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
   if latest != int(config.num_train_steps):
     print(f"run stopped at step {latest} of {config.num_train_steps}: skipping evaluation and export", flush=True)
     return
-  from instructor_jax import convert, eval as evaluate
+  from instructor_jax.export import convert
+  from instructor_jax.evaluation import runner as evaluate
   eval_out = None
   if eval_cfg and eval_cfg.get("data_dir"):
     eval_out = os.path.join(workdir, "eval")

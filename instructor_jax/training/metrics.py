@@ -17,7 +17,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from instructor_jax import step as step_lib
+from instructor_jax.training import step as step_lib
 
 # Step outputs that are summed over an interval, not logged as they are.
 SUMS = ("real_tokens", "real_tokens_sq", "computed_tokens", "computed_tokens_sq")
