@@ -10,32 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 from instructor_jax.core import cli, errors
-from instructor_jax.export.convert import DTYPES, export_folder, import_hf, load_checkpoint, load_hf
-
-def _read_json_arg(path: str | None):
-  if not path:
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def _eval_results(path: str | None):
-  """Reads an eval output folder (``summary.json`` from ``instructor_jax.eval``) or a ``{task: score}`` JSON file."""
-  if not path:
-    return None
-  if os.path.isdir(path):
-    path = os.path.join(path, "summary.json")
-  data = _read_json_arg(path)
-  if isinstance(data, Mapping) and "tasks" in data:
-    return {t["task"]: {"type": t.get("type", ""), "metric": t.get("metric", ""), "score": t["score"]}
-            for t in data["tasks"]}
-  return data
-
+from instructor_jax.export.convert import DTYPES, import_hf
+from instructor_jax.export.to_hf import export_model
 
 def _main(args) -> int:
   p = argparse.ArgumentParser(prog="python -m instructor_jax.convert", description=__doc__,
@@ -72,21 +52,14 @@ def _run(args) -> int:
   if args.cmd == "from-hf":
     import_hf(args.model, args.out, step=args.step)
     return 0
-  training = _read_json_arg(args.training_config)
-  if args.checkpoint:
-    params, hf_config, normalize, tokenizer_dir, max_seq_length, ckpt_training, step = load_checkpoint(
-        args.checkpoint)
-    training = training or ckpt_training
-    source = f"{args.checkpoint} (step {step})" if step is not None else args.checkpoint
-  else:
-    params, hf_config, normalize, tokenizer_dir, max_seq_length = load_hf(args.model)
-    source = args.model
-  max_seq_length = args.max_seq_length or max_seq_length or 512
-  card = {"name": args.name or os.path.basename(os.path.abspath(args.out)), "training_config": training,
-          "eval_results": _eval_results(args.eval_results), "source": source}
-  out = export_folder(params, hf_config, args.out, tokenizer_dir=tokenizer_dir, normalize=normalize,
-                      legacy=args.legacy_instructor, dtype=args.dtype, max_seq_length=max_seq_length, card=card,
-                      overwrite=args.overwrite, verify=not args.no_verify)
+  training = None
+  if args.training_config:
+    with open(args.training_config, encoding="utf-8") as f:
+      training = json.load(f)
+  out = export_model(args.out, checkpoint=args.checkpoint, model=args.model, legacy=args.legacy_instructor,
+                     dtype=args.dtype, max_seq_length=args.max_seq_length, name=args.name,
+                     training_config=training, eval_results_path=args.eval_results, overwrite=args.overwrite,
+                     verify=not args.no_verify)
   if args.push_to_hub:
     from huggingface_hub import HfApi
     api = HfApi()
