@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from instructor_jax.core import errors
+from instructor_jax import convert as convert_cli
 from instructor_jax.export import convert
 from instructor_jax.models import hf
 from instructor_jax.models.embedder import Instructor
@@ -193,7 +194,6 @@ def test_orbax_round_trip(tmp_path, src):
 
 LEGACY_SCRIPT = """
 import json, sys, numpy as np
-from instructor_jax import convert as convert_cli
 from InstructorEmbedding import INSTRUCTOR
 pairs = json.load(open(sys.argv[2]))
 np.save(sys.argv[3], INSTRUCTOR(sys.argv[1], device="cpu").encode(pairs, batch_size=8))
