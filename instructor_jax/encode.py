@@ -1,9 +1,7 @@
 """``python -m instructor_jax.encode``: embed a JSON-lines file into a ``.npy`` matrix.
 
-Input lines are ``{"instruction": ..., "text": ...}`` or ``{"text": ...}`` (``--instruction`` supplies the
-instruction of lines that have none). Empty lines are ignored; anything else that is not such an object fails with
-``FILE:LINE``. The output is written to a temporary file beside ``--output`` and renamed at the end, so a failed
-or interrupted run leaves no partial file.
+Input lines are ``{"instruction": ..., "text": ...}`` or ``{"text": ...}`` (``--instruction`` fills in lines without
+one); anything else, or an empty text, fails with ``FILE:LINE``. The output is written atomically (no partial file).
 """
 from __future__ import annotations
 
@@ -11,11 +9,9 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-
-import numpy as np
 
 from instructor_jax.core import cli, errors
+from instructor_jax.storage import files
 
 ALLOWED_KEYS = {"instruction", "text"}
 
@@ -53,6 +49,8 @@ def read_jsonl(path: str, default_instruction: str | None = None) -> list:
       for k, v in obj.items():
         if not isinstance(v, str):
           raise InputError(f"{where}: \"{k}\" must be a string, got {type(v).__name__}")
+      if not obj["text"].strip():
+        raise InputError(f"{where}: \"text\" is empty or only whitespace (its embedding would say nothing)")
       instruction = obj.get("instruction", default_instruction)
       items.append(obj["text"] if instruction is None else [instruction, obj["text"]])
   if not items:
@@ -60,22 +58,24 @@ def read_jsonl(path: str, default_instruction: str | None = None) -> list:
   return items
 
 
-def save_atomic(path: str, array: np.ndarray) -> None:
-  """``np.save`` to a temporary file in the same folder, then rename: never a partial file at ``path``."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, array)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a new file's usual mode
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+def check_output(path: str) -> None:
+  """Fails before any work when ``--output`` cannot be written: a folder, a missing or read-only parent."""
+  if os.path.isdir(path):
+    raise InputError(f"--output {path}: is a folder; name a .npy file")
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):  # created at the end; the nearest existing folder must take it
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise InputError(f"--output {path}: {parent} is a file, not a folder")
+  if not os.access(parent, os.W_OK):
+    raise InputError(f"--output {path}: {parent} is not writable")
+
+
+def positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return value
 
 
 def _main(argv) -> int:
@@ -87,8 +87,8 @@ def _main(argv) -> int:
   p.add_argument("--input", required=True, help="JSON lines: {\"instruction\": ..., \"text\": ...} or {\"text\": ...}")
   p.add_argument("--output", required=True, help=".npy file for the float32 [N, D] embeddings")
   p.add_argument("--instruction", default=None, help="instruction for lines that have none")
-  p.add_argument("--batch-size", type=int, default=32)
-  p.add_argument("--max-length", type=int, default=512,
+  p.add_argument("--batch-size", type=positive_int, default=32)
+  p.add_argument("--max-length", type=positive_int, default=512,
                  help="tokens per input (BERT: capped at max_position_embeddings)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
   p.add_argument("--similarities", action="store_true", help="also print the cosine similarity matrix")
@@ -102,12 +102,14 @@ def main(argv=None) -> int:
 
 
 def _encode(args) -> int:
+  check_output(args.output)
   items = read_jsonl(args.input, args.instruction)
   import jax.numpy as jnp
   from instructor_jax.models.embedder import Instructor
   model = Instructor.from_pretrained(args.model, dtype=getattr(jnp, args.dtype), max_length=args.max_length)
   emb = model.encode(items, batch_size=args.batch_size, show_progress_bar=sys.stderr.isatty() or None)
-  save_atomic(args.output, emb)
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  files.save_npy(args.output, emb)
   print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {args.output}", file=sys.stderr)
   if args.similarities:
     sims = emb @ emb.T

@@ -7,9 +7,10 @@ import pytest
 
 import reference
 from instructor_jax import encode
+from instructor_jax.storage import files
 from instructor_jax.models.embedder import Instructor
 
-TINY = os.path.join(os.path.dirname(__file__), "..", "instructor_jax", "assets", "tiny-instructor")
+from helpers import TINY
 
 
 def _write(path, lines):
@@ -59,7 +60,7 @@ def test_failed_run_leaves_no_partial_file(tmp_path, monkeypatch):
 
   monkeypatch.setattr(np, "save", boom)
   with pytest.raises(KeyboardInterrupt):
-    encode.save_atomic(str(target), np.zeros((2, 2), np.float32))
+    files.save_npy(str(target), np.zeros((2, 2), np.float32))
   assert os.listdir(tmp_path) == []
 
 

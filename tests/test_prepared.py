@@ -20,9 +20,7 @@ from instructor_jax.data import prepared
 from instructor_jax.core.errors import DataError
 from instructor_jax import medi as medi_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = os.path.join(ROOT, "tests", "fixtures", "medi", "medi_small.json")
-VOCAB = os.path.join(ROOT, "instructor_jax", "assets", "t5-vocab")
+from helpers import DEMO_CONFIG, ROOT, SMALL, VOCAB, run_module
 CFG = dict(medi_path=SMALL, max_query_length=24, max_doc_length=40, num_negatives=1, sampling="proportional",
            dedup_positives=True, skip_invalid=True)
 
@@ -87,9 +85,8 @@ def test_batches_equal_the_file_source_on_every_host_and_resume(store, pack):
 
 
 def test_preview_of_a_prepared_folder_equals_the_file(store):
-  run = lambda m: subprocess.run([sys.executable, "-m", "instructor_jax.data", "preview", "--medi", m,
-                                  "--global-batch", "8", "--steps", "6", "--json", "--skip-invalid"], cwd=ROOT,
-                                 capture_output=True, text=True, timeout=120)
+  run = lambda m: run_module("instructor_jax.data", "preview", "--medi", m, "--global-batch", 8, "--steps", 6,
+                             "--json", "--skip-invalid", timeout=120)
   a, b = run(SMALL), run(store)
   assert a.returncode == 0 and b.returncode == 0, b.stderr
   assert a.stdout == b.stdout and len(a.stdout.splitlines()) == 6
@@ -174,25 +171,23 @@ def test_an_interrupted_prepare_leaves_nothing_readable(tmp_path, monkeypatch):
 
 
 def test_cli_prepare_from_a_config_with_progress_and_errors(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = tmp_path / "demo"
-  r = subprocess.run([sys.executable, "-m", "instructor_jax.data", "prepare", "--config",
-                      os.path.join(ROOT, "configs", "demo.py"), "--out", str(out), "--max-doc-length", "48"],
-                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  r = run_module("instructor_jax.data", "prepare", "--config", DEMO_CONFIG, "--out", out, "--max-doc-length", 48,
+                 timeout=120)
   assert r.returncode == 0, r.stderr
   assert "records/s" in r.stderr and "--config.data.source=prepared" in r.stderr
   m = prepared.read_manifest(str(out))
   assert (m["max_query_length"], m["max_doc_length"], m["num_negatives"]) == (64, 48, 1)
   assert m["options"]["skip_invalid"] and m["tasks"][0]["name"] == "banking77_train_same_intent"
-  r = subprocess.run([sys.executable, "-m", "instructor_jax.data", "prepare", "--medi", str(tmp_path / "nope.json"),
-                      "--out", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  r = run_module("instructor_jax.data", "prepare", "--medi", tmp_path / "nope.json", "--out", tmp_path / "x",
+                 timeout=120)
   assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "x").exists()
 
 
 def test_a_restart_loads_no_tokenizer_unless_its_files_changed(store, tmp_path):
   """Same tokenizer files: no transformers import at start; other files, same behaviour: loaded, compared, fine."""
-  code = ("import sys; from instructor_jax import data; "
+  code = ("import sys; from instructor_jax.data import stream as data; "
           f"s = data.TrainStream.from_config(dict(source='prepared', prepared={store!r}, max_query_length=24, "
           f"max_doc_length=40, num_negatives=1), {VOCAB!r}, 8, 0); s.get(0); "
           "print('transformers' in sys.modules)")

@@ -1,44 +1,12 @@
-"""MEDI: reading and validating records; the ``medi`` command line (build, validate, tasks, annotations).
+"""MEDI records: the streaming reader and validator (a 3 GB JSON array or JSON lines in constant memory).
 
-A MEDI record is ``{"query": [instruction, text], "pos": [instruction, text], "neg": [instruction, text],
-"task_name": str}`` (newer copies say ``"task_id"``, an integer in the released file). ``neg`` may also be a list of
-pairs (k hard negatives).
-
-Reading (``read_medi``) streams both formats without loading the file whole:
-
-* a JSON array (the original ``medi-data.json``, ~3 GB): parsed element by element with ``json.JSONDecoder.raw_decode``
-  over a sliding text window, so memory stays at one record plus one read chunk;
-* JSON lines (one record per line).
-
-Every problem is reported with the file, the 1-based line and the 0-based record index (the record's position in
-the source, which is also its *record id* everywhere in the pipeline), and an error class:
-
-=================  ==================================================================
-``invalid_json``   the record is not valid JSON (array format: the reader resynchronises on the next record)
-``invalid_utf8``   the bytes are not UTF-8 (or a string holds a lone surrogate escape)
-``not_an_object``  the record is not a JSON object
-``missing_key``    ``query``/``pos``/``neg`` or the task key is absent
-``extra_key``      any other key (or both ``task_name`` and ``task_id``)
-``bad_side``       a side is not an ``[instruction, text]`` list of two strings
-``empty_text``     the text of a side is empty or whitespace
-``bad_task_id``    the task is not a non-empty string (or an integer, as in the released MEDI)
-``bad_instruction`` (``strict`` only) an instruction does not start with ``"Represent "``
-``truncated``      the file ends inside a record or before the array's ``]`` (always an error)
-=================  ==================================================================
-
-By default the first problem raises ``MediError``. With ``skip_invalid=True`` bad records are skipped and counted
-per class in a ``Report`` (``report.write(path)`` puts it next to prepared data); nothing is dropped silently. A
-truncated file is never read as far as it goes: that error is raised whatever ``skip_invalid`` says.
-
-Command line (``python -m instructor_jax.medi CMD``):
-
-* ``validate FILE [--strict] [--skip-invalid] [--report OUT]``: validates a MEDI file, prints the per-class report
-  and the records per task (JSON);
-* ``tasks FILE_OR_PREPARED_DIR [--json]``: the tasks and their record counts (a prepared folder answers from its
-  manifest without reading the data);
-* ``build --super-ni DIR --embedder MODEL [--annotations FILE] --out medi.jsonl``: the MEDI builder
-  (``medi_builder.py``), mining pairs from Super-NaturalInstructions tasks;
-* ``annotations``: prints the builder's built-in annotations (a starting ``--annotations`` file).
+A record is ``{"query": [instruction, text], "pos": [...], "neg": [...] or [[...], ...], "task_name": str}``
+(``task_id`` in newer copies). The first thing to know: every problem is a ``MediError`` naming
+``FILE:LINE: record i: [class]``, where the record index is the record's id everywhere in the pipeline; with
+``skip_invalid`` bad records are counted per class in a ``Report`` instead (a file problem -- ``truncated``,
+``no_records`` -- always fails). Classes: ``invalid_json``, ``invalid_utf8``, ``not_an_object``, ``missing_key``,
+``extra_key``, ``duplicate_key``, ``bad_side``, ``empty_text``, ``bad_task_id``, ``bad_instruction`` (``strict``:
+must start with "Represent "), ``truncated``, ``no_records``.
 """
 from __future__ import annotations
 
@@ -56,9 +24,9 @@ from instructor_jax.core import errors
 
 log = logging.getLogger(__name__)
 
-ERROR_CLASSES = ("invalid_json", "invalid_utf8", "not_an_object", "missing_key", "extra_key", "bad_side",
-                 "empty_text", "bad_task_id", "bad_instruction", "truncated")
-FATAL_CLASSES = ("truncated",)  # problems of the file, not of a record: never skipped
+ERROR_CLASSES = ("invalid_json", "invalid_utf8", "not_an_object", "missing_key", "extra_key", "duplicate_key",
+                 "bad_side", "empty_text", "bad_task_id", "bad_instruction", "truncated", "no_records")
+FATAL_CLASSES = ("truncated", "no_records")  # problems of the file, not of a record: never skipped
 SIDES = ("query", "pos", "neg")
 TASK_KEYS = ("task_name", "task_id")
 INSTRUCTION_PREFIX = "Represent "
@@ -181,6 +149,9 @@ def _short(value: Any, n: int = 120) -> str:
 def _validate(obj: Any, strict: bool) -> tuple[str, Pair, Pair, tuple[Pair, ...]]:
   if not isinstance(obj, dict):
     raise _Bad("not_an_object", f"expected a JSON object, got {type(obj).__name__}: {_short(obj)}")
+  if getattr(obj, "duplicates", ()):
+    raise _Bad("duplicate_key", f"key(s) {', '.join(map(repr, obj.duplicates))} appear more than once in the "
+               "record (JSON would keep the last value silently)", key=obj.duplicates[0])
   keys = set(obj)
   missing = [k for k in SIDES if k not in keys]
   task_keys = [k for k in TASK_KEYS if k in keys]
@@ -241,144 +212,170 @@ def detect_format(path: str) -> str:
   return "jsonl" if path.endswith((".jsonl", ".jsonlines")) else "array"
 
 
+class _Object(dict):
+  """A decoded JSON object that remembers keys it saw twice (``json`` would keep the last value silently)."""
+  duplicates: tuple = ()
+
+  @classmethod
+  def from_pairs(cls, pairs):
+    obj = cls(pairs)
+    if len(obj) != len(pairs):
+      seen, dup = set(), []
+      for k, _ in pairs:
+        if k in seen and k not in dup:
+          dup.append(k)
+        seen.add(k)
+      obj.duplicates = tuple(dup)
+    return obj
+
+
+class _Window:
+  """A sliding text window over a file (UTF-8 with ``surrogateescape``): ``buf[pos]`` is at line ``line``."""
+
+  def __init__(self, f):
+    self.f, self.dec = f, codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+
+  def more(self) -> bool:
+    if self.eof:
+      return False
+    chunk = self.f.read(_CHUNK)
+    first = not self.buf and self.f.tell() == len(chunk)
+    if not chunk:
+      self.buf += self.dec.decode(b"", final=True)
+      self.eof = True
+      return False
+    self.buf += self.dec.decode(chunk)
+    if first and self.buf.startswith("\ufeff"):
+      self.buf = self.buf[1:]
+    return True
+
+  def compact(self) -> None:  # drops the consumed prefix; only between records
+    if self.pos > _CHUNK:
+      self.buf, self.pos = self.buf[self.pos:], 0
+
+  def skip_ws(self) -> None:
+    while True:
+      m = _WS.match(self.buf, self.pos)
+      self.line += self.buf.count("\n", self.pos, m.end())
+      self.pos = m.end()
+      if self.pos < len(self.buf) or not self.more():
+        return
+
+  def at_end(self) -> bool:
+    return self.pos >= len(self.buf)
+
+  def column(self, pos: int) -> int:
+    return pos - (self.buf.rfind("\n", 0, pos) + 1) + 1
+
+  def blank_before(self, pos: int) -> bool:
+    """Whether only whitespace stands between the start of ``pos``'s line and ``pos``."""
+    return not self.buf[self.buf.rfind("\n", 0, pos) + 1:pos].strip()
+
+  def resync(self, after: int, start: int, start_line: int) -> bool:
+    """Moves to the next ``, {`` after ``after`` (a record that starts at ``start`` / ``start_line``)."""
+    while True:
+      m = _RESYNC.search(self.buf, after)
+      if m or not self.more():
+        break
+    if not m:
+      return False
+    self.line = start_line + self.buf.count("\n", start, m.start(1))
+    self.pos = m.start(1)
+    return True
+
+
+def _decode_record(w: _Window, decoder: json.JSONDecoder, path: str, index: int):
+  """``(obj, end, None)`` for the record at ``w.pos``, or ``(None, err_pos, MediError)``; a record the file ends
+  inside is a ``truncated`` error with ``err_pos = None``."""
+  start_line = w.line
+  while True:
+    try:
+      obj, end = decoder.raw_decode(w.buf, w.pos)
+      return obj, end, None
+    except json.JSONDecodeError as e:
+      cut = e.pos >= len(w.buf) - _TAIL or e.msg.startswith("Unterminated string")
+      if cut and w.more():
+        continue
+      if cut:  # and no more data: the file ends inside this record
+        return None, None, MediError(path, start_line, index, "truncated",
+                                     f"the file ends inside this record ({e.msg}): the file is truncated")
+      err_line = start_line + w.buf.count("\n", w.pos, e.pos)
+      hint = ""
+      if e.msg.startswith("Expecting") and "delimiter" in e.msg and w.blank_before(e.pos):
+        hint = f"; probably a missing delimiter at the end of line {err_line - 1}"
+      return None, e.pos, MediError(path, err_line, index, "invalid_json",
+                                    f"{e.msg} (column {w.column(e.pos)}; the record starts at line {start_line}{hint})")
+
+
+def _truncated_array(path: str, line: int, index: int) -> MediError:
+  return MediError(path, line, index, "truncated", "the file ends inside the array (no closing ']'): the file is "
+                   "truncated")
+
+
 def _raw_array(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediError]]]:
   """Yields ``(index, line, raw_text, obj, error)`` for every element of a top-level JSON array, streaming.
 
-  Bytes that are not UTF-8 are decoded with ``surrogateescape`` and detected per record by validation.
+  Bytes that are not UTF-8 are decoded with ``surrogateescape`` and detected per record by validation. After a
+  record that is not valid JSON the reader resynchronises on the next ``, {``.
   """
-  decoder = json.JSONDecoder()
-  dec = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-  f = open(path, "rb")
-  buf, pos, line, eof = "", 0, 1, False  # `line` is the line number at `buf[pos]`
-
-  def more() -> bool:
-    nonlocal buf, eof
-    if eof:
-      return False
-    chunk = f.read(_CHUNK)
-    first = not buf and f.tell() == len(chunk)
-    if not chunk:
-      buf += dec.decode(b"", final=True)
-      eof = True
-      return False
-    buf += dec.decode(chunk)
-    if first and buf.startswith("\ufeff"):
-      buf = buf[1:]
-    return True
-
-  def compact() -> None:  # drops the consumed prefix; only between records
-    nonlocal buf, pos
-    if pos > _CHUNK:
-      buf, pos = buf[pos:], 0
-
-  def skip_ws() -> None:
-    nonlocal pos, line
-    while True:
-      m = _WS.match(buf, pos)
-      line += buf.count("\n", pos, m.end())
-      pos = m.end()
-      if pos < len(buf) or not more():
-        return
-
-  try:
-    more()
-    skip_ws()
-    if pos >= len(buf) or buf[pos] != "[":
-      found = buf[pos:pos + 20] if pos < len(buf) else "end of file"
-      yield 0, line, "", None, MediError(path, line, 0, "invalid_json", f"expected a JSON array '[', found {found!r}")
+  decoder = json.JSONDecoder(object_pairs_hook=_Object.from_pairs)
+  with open(path, "rb") as f:
+    w = _Window(f)
+    w.more()
+    w.skip_ws()
+    if w.at_end() or w.buf[w.pos] != "[":
+      found = w.buf[w.pos:w.pos + 20] if not w.at_end() else "end of file"
+      yield 0, w.line, "", None, MediError(path, w.line, 0, "invalid_json",
+                                           f"expected a JSON array '[', found {found!r}")
       return
-    pos += 1
+    w.pos += 1
     index = 0
-    skip_ws()
-    if pos < len(buf) and buf[pos] == "]":
+    w.skip_ws()
+    if not w.at_end() and w.buf[w.pos] == "]":
       return
     while True:
-      compact()
-      skip_ws()
-      if pos >= len(buf):
-        yield index, line, "", None, MediError(path, line, index, "truncated",
-                                                "the file ends inside the array (no closing ']'): the file is "
-                                                "truncated")
+      w.compact()
+      w.skip_ws()
+      if w.at_end():
+        yield index, w.line, "", None, _truncated_array(path, w.line, index)
         return
-      start, start_line = pos, line
-      while True:
-        try:
-          obj, end = decoder.raw_decode(buf, pos)
-          err = None
-          break
-        except json.JSONDecodeError as e:
-          cut = e.pos >= len(buf) - _TAIL or e.msg.startswith("Unterminated string")
-          if cut and more():
-            continue
-          err = e
-          if cut:  # and no more data: the file ends inside this record
-            yield index, start_line, "", None, MediError(
-                path, start_line, index, "truncated",
-                f"the file ends inside this record ({e.msg}): the file is truncated")
-            return
-          break
-      if err is None:
-        raw = buf[start:end]
-        yield index, start_line, raw, obj, None
-        line += buf.count("\n", start, end)
-        pos = end
-      else:
-        err_line = start_line + buf.count("\n", start, err.pos)
-        col = err.pos - (buf.rfind("\n", 0, err.pos) + 1) + 1
-        hint = ""
-        if err.msg.startswith("Expecting") and "delimiter" in err.msg and not buf[buf.rfind("\n", 0, err.pos) + 1:
-                                                                               err.pos].strip():
-          hint = f"; probably a missing delimiter at the end of line {err_line - 1}"
-        yield index, err_line, "", None, MediError(
-            path, err_line, index, "invalid_json",
-            f"{err.msg} (column {col}; the record starts at line {start_line}{hint})")
-        # Resynchronise on the next `, {` after the error.
-        while True:
-          m = _RESYNC.search(buf, max(err.pos, start + 1))
-          if m or not more():
-            break
-        if not m:
+      start, start_line = w.pos, w.line
+      obj, end, err = _decode_record(w, decoder, path, index)
+      if err is not None:
+        yield index, err.line, "", None, err
+        if end is None or not w.resync(max(end, start + 1), start, start_line):
           return
-        line = start_line + buf.count("\n", start, m.start(1))
-        pos = m.start(1)
         index += 1
         continue
+      yield index, start_line, w.buf[start:end], obj, None
+      w.line += w.buf.count("\n", start, end)
+      w.pos = end
       index += 1
-      skip_ws()
-      if pos >= len(buf):
-        yield index, line, "", None, MediError(path, line, index, "truncated",
-                                                "the file ends inside the array (no closing ']'): the file is "
-                                                "truncated")
+      w.skip_ws()
+      if w.at_end():
+        yield index, w.line, "", None, _truncated_array(path, w.line, index)
         return
-      ch = buf[pos]
+      ch = w.buf[w.pos]
       if ch == "]":
-        pos += 1
-        skip_ws()
-        if pos < len(buf):
-          yield index, line, "", None, MediError(path, line, index, "invalid_json",
-                                                  f"unexpected data after the closing ']': {buf[pos:pos + 20]!r}")
+        w.pos += 1
+        w.skip_ws()
+        if not w.at_end():
+          extra = w.buf[w.pos:w.pos + 20]
+          yield index, w.line, "", None, MediError(path, w.line, index, "invalid_json",
+                                                    f"unexpected data after the closing ']': {extra!r}")
         return
       if ch != ",":
-        col = pos - (buf.rfind("\n", 0, pos) + 1) + 1
-        at_line_start = not buf[buf.rfind("\n", 0, pos) + 1:pos].strip()
-        hint = f"; probably a missing ',' at the end of line {line - 1}" if at_line_start and line > 1 else ""
-        yield index, line, "", None, MediError(path, line, index, "invalid_json",
-                                                f"expected ',' or ']' between records (column {col}{hint}), "
-                                                f"found {buf[pos:pos + 20]!r}")
-        m = None
-        while True:
-          m = _RESYNC.search(buf, pos)
-          if m or not more():
-            break
-        if not m:
+        hint = (f"; probably a missing ',' at the end of line {w.line - 1}"
+                if w.blank_before(w.pos) and w.line > 1 else "")
+        yield index, w.line, "", None, MediError(path, w.line, index, "invalid_json",
+                                                  f"expected ',' or ']' between records (column {w.column(w.pos)}"
+                                                  f"{hint}), found {w.buf[w.pos:w.pos + 20]!r}")
+        if not w.resync(w.pos, w.pos, w.line):
           return
-        line += buf.count("\n", pos, m.start(1))
-        pos = m.start(1)
         index += 1
         continue
-      pos += 1
-  finally:
-    f.close()
+      w.pos += 1
 
 
 def _raw_jsonl(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediError]]]:
@@ -397,7 +394,7 @@ def _raw_jsonl(path: str) -> Iterator[tuple[int, int, str, Any, Optional[MediErr
         index += 1
         continue
       try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_Object.from_pairs)
         yield index, lineno, "", obj, None
       except json.JSONDecodeError as e:
         if not bline.endswith(b"\n"):  # the last line, cut short
@@ -445,6 +442,8 @@ def read_medi(path: str, strict: bool = False, skip_invalid: bool = False, repor
     report.add(err)
     if report.counts[err.cls] <= Report.MAX_EXAMPLES:
       log.warning("skipping invalid record: %s", err)
+  if report.read == 0:
+    raise MediError(path, 1, 0, "no_records", "the file holds no records")
   if report.skipped:
     log.warning(report.summary())
 

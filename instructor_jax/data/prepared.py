@@ -1,50 +1,26 @@
-"""Prepared MEDI features: tokenise once, then every restart loads a small index and reads only its own rows.
+"""The prepared store: tokenise a MEDI file once, then every restart loads a small index and reads only its rows.
 
-``python -m instructor_jax.data prepare --medi FILE --out DIR [--tokenizer DIR] [--max-query-length 512
---max-doc-length 512 --num-negatives 1]`` writes, once, what ``features.MediIndex`` builds at every start from a
-MEDI file (the same ``Featurizer`` rule, the same validation and ``skip_invalid`` report), as memory-mappable numpy
-shards plus a manifest::
-
-  DIR/manifest.json           format + version, the tokenizer's fingerprint, max_query_length, max_doc_length,
-                              num_negatives, the token dtype, the source file, the validation report, the tasks and
-                              their record counts, the shards (file, tokens, records, bytes), the content
-                              fingerprint (the file source's ``MediIndex.fingerprint``) and the index's sha256
-  DIR/index.npz               per record, in task order (task names sorted, records in source order):
-                              ``record_id`` [R] int64, ``pos_key`` [R] int64, ``lengths`` [R, W] int32,
-                              ``instr_len`` [R, W] int32 (W = 2 + num_negatives: query, positive, negatives),
-                              ``token_offset`` [R] int64 (where the record's W sequences start in the token stream),
-                              ``task_offsets`` [T + 1], ``shard_tokens`` [S + 1] (token stream start of each shard)
-  DIR/tokens-00000-of-000SS.npy   the token stream (uint16, int32 for vocabularies of 65,536 or more), cut at record
-                              boundaries into shards of about ``--shard-mb``
-
-Why numpy shards (and not TFRecord / ArrayRecord): a training host needs two things, the lengths of *every*
-sequence (the step's packing layout is computed from the whole global batch on every host, ``packing.py``) and the
-tokens of *its own* rows. The first is a few arrays loaded in one read (``index.npz``: 24 bytes per sequence, about
-110 MB for the 1.4M-record MEDI); the second is a byte range per sequence read with ``os.pread``, no decoding, no
-TensorFlow, no reader state to checkpoint. TFRecord cannot seek to a record; ArrayRecord can, but each read
-decodes a record and the lengths would still need their own index. ``np.load(shard, mmap_mode="r")`` opens a shard
-for inspection; the files need a POSIX file system (local disk, NFS, gcsfuse).
-
-Atomic: everything is written into ``DIR.incomplete-<pid>-<random>`` and renamed to ``DIR`` after the manifest
-(written last); a folder without a manifest is never read. ``PreparedIndex`` checks at start that the tokenizer,
-lengths and negatives match the training config, that every shard is there with its size, and that the index is
-intact (sha256), each a one-line ``DataError``.
+``prepare`` (``python -m instructor_jax.data prepare``) writes ``manifest.json`` (written last: a folder without it
+is never read; tokenizer fingerprint, lengths, negatives, report, shards, the content fingerprint), ``index.npz``
+(per record: ``record_id``, ``pos_key``, ``lengths [R, 2+N]``, ``instr_len``, ``token_offset``; ``task_offsets``,
+``shard_tokens``) and ``tokens-*.npy`` (one uint16 token stream cut at record boundaries). ``PreparedIndex`` is the
+``MediIndex`` interface over it: ``row(i)`` is one ``os.pread``. The first thing to know: a restart needs the lengths
+of *every* sequence (the packed layout of a step is computed on every host) but the tokens of its own rows only;
+WORKSPACE.md ("Why numpy shards") says why this layout and not TFRecord / ArrayRecord.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from typing import Optional, Sequence
 
 import numpy as np
 
 from instructor_jax.data import medi
+from instructor_jax.storage import files
 from instructor_jax.core.errors import DataError
 from instructor_jax.data.features import (MAX_INVALID_FRACTION, _TOKENIZE_CHUNK, Featurizer, check_invalid,
                                      content_fingerprint)
@@ -175,60 +151,40 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def _clear_stale(out_dir: str) -> None:
-  """Removes ``DIR.incomplete-<pid>-*`` folders left by prepares whose process is gone (a crash, a kill -9)."""
-  for path in glob.glob(glob.escape(out_dir) + ".incomplete-*"):
-    try:
-      pid = int(os.path.basename(path).rsplit(".incomplete-", 1)[1].split("-")[0])
-      os.kill(pid, 0)
-    except ProcessLookupError:
-      shutil.rmtree(path, ignore_errors=True)
-    except (ValueError, IndexError, PermissionError):
-      continue
-
-
-def prepare(medi_path: str, out_dir: str, featurizer: Featurizer, strict: bool = False, skip_invalid: bool = False,
-            max_invalid_fraction: float = MAX_INVALID_FRACTION, shard_mb: float = DEFAULT_SHARD_MB,
-            overwrite: bool = False, progress: bool = True, tokenizer_dir: str = "") -> dict:
-  """Tokenises ``medi_path`` once with ``featurizer`` into ``out_dir`` (see the module docstring); returns the
-  manifest. Records are those ``MediIndex.from_file`` loads with the same options, in the same order."""
-  from tqdm import tqdm
-  out_dir = os.path.abspath(os.fspath(out_dir))
-  if not tokenizer_dir and os.path.isdir(getattr(featurizer.doc_tok.hf, "name_or_path", "") or ""):
-    tokenizer_dir = featurizer.doc_tok.hf.name_or_path  # the folder the tokenizer was loaded from
+def _check_paths(medi_path: str, out_dir: str, overwrite: bool) -> None:
+  if os.path.isdir(medi_path):
+    what = "a prepared folder already" if is_prepared(medi_path) else "a folder"
+    raise DataError(f"{medi_path}: is {what}; `data prepare` reads a MEDI file (.json array or .jsonl)")
   if not os.path.isfile(medi_path):
     raise DataError(f"MEDI file not found: {medi_path}")
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise DataError(f"--out {out_dir}: is a file; name a folder")
   if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
     raise DataError(f"{out_dir} already holds prepared data; remove it or pass --overwrite")
   if os.path.exists(out_dir) and not os.path.exists(os.path.join(out_dir, MANIFEST)) and os.listdir(out_dir):
     raise DataError(f"{out_dir} exists and is not a prepared folder; choose an empty or new --out")
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  _clear_stale(out_dir)
-  t0 = time.time()
-  tmp = f"{out_dir}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  os.makedirs(tmp)
-  width = 2 + featurizer.num_negatives
-  dtype = np.uint16 if featurizer.doc_tok.vocab_size <= 65536 else np.int32
-  spill = _Spill(tmp, width, dtype)
-  report = medi.Report(medi_path)
-  bar = None
-  try:
-    pending: list[medi.Record] = []
 
-    def flush():
-      f = featurizer(pending)
-      by_task: dict[str, list[int]] = {}
-      for i, r in enumerate(pending):
-        by_task.setdefault(r.task, []).append(i)
-      for task, idx in by_task.items():
-        spill.add(task, np.asarray([pending[i].index for i in idx]),
-                  np.asarray([medi.stable_hash(join_instruction(pending[i].pos.instruction, pending[i].pos.text))
-                              for i in idx]),
-                  [[f["query"][i], f["pos"][i], *f["neg"][i]] for i in idx])
-      pending.clear()
 
-    bar = tqdm(desc=f"prepare {os.path.basename(medi_path)}", unit=" records", unit_scale=True, disable=not progress,
-               dynamic_ncols=True, mininterval=1.0)
+def _tokenize(medi_path: str, featurizer: Featurizer, spill: _Spill, report: medi.Report, strict: bool,
+              skip_invalid: bool, progress: bool) -> None:
+  """Reads and validates every record, tokenises them in chunks and appends them to ``spill`` per task."""
+  from tqdm import tqdm
+  pending: list[medi.Record] = []
+
+  def flush():
+    f = featurizer(pending)
+    by_task: dict[str, list[int]] = {}
+    for i, r in enumerate(pending):
+      by_task.setdefault(r.task, []).append(i)
+    for task, idx in by_task.items():
+      spill.add(task, np.asarray([pending[i].index for i in idx]),
+                np.asarray([medi.stable_hash(join_instruction(pending[i].pos.instruction, pending[i].pos.text))
+                            for i in idx]),
+                [[f["query"][i], f["pos"][i], *f["neg"][i]] for i in idx])
+    pending.clear()
+
+  with tqdm(desc=f"prepare {os.path.basename(medi_path)}", unit=" records", unit_scale=True, disable=not progress,
+            dynamic_ncols=True, mininterval=1.0) as bar:
     for rec in medi.read_medi(medi_path, strict=strict, skip_invalid=skip_invalid, report=report):
       try:
         featurizer.check_negatives(rec)
@@ -242,8 +198,49 @@ def prepare(medi_path: str, out_dir: str, featurizer: Featurizer, strict: bool =
     if pending:
       flush()
     bar.update(n_last)
-    bar.close()
-    spill.close()
+
+
+def _manifest(medi_path: str, featurizer: Featurizer, tokenizer_dir: str, dtype, options: dict, report: medi.Report,
+              names: list[str], arrays: dict, shards: list[dict], index_path: str, t0: float) -> dict:
+  stat = os.stat(medi_path)
+  return {
+      "format": FORMAT, "version": VERSION,
+      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      "tokenizer": {"fingerprint": tokenizer_fingerprint(featurizer), "dir": os.path.abspath(tokenizer_dir)
+                    if tokenizer_dir else "", "vocab_size": featurizer.doc_tok.vocab_size,
+                    "files_sha256": tokenizer_files_digest(tokenizer_dir) if tokenizer_dir else ""},
+      "max_query_length": featurizer.max_query_length, "max_doc_length": featurizer.max_doc_length,
+      "num_negatives": featurizer.num_negatives, "token_dtype": np.dtype(dtype).name,
+      "source": {"path": os.path.abspath(medi_path), "bytes": stat.st_size, "mtime": stat.st_mtime},
+      "options": options,
+      "report": report.to_dict(),
+      "tasks": [{"name": n, "records": int(arrays["task_offsets"][k + 1] - arrays["task_offsets"][k])}
+                for k, n in enumerate(names)],
+      "records": int(len(arrays["record_id"])), "tokens": int(arrays["shard_tokens"][-1]), "shards": shards,
+      "fingerprint": _fingerprint(names, arrays), "index_sha256": _sha256(index_path),
+      "prepare_s": round(time.time() - t0, 1),
+  }
+
+
+def prepare(medi_path: str, out_dir: str, featurizer: Featurizer, strict: bool = False, skip_invalid: bool = False,
+            max_invalid_fraction: float = MAX_INVALID_FRACTION, shard_mb: float = DEFAULT_SHARD_MB,
+            overwrite: bool = False, progress: bool = True, tokenizer_dir: str = "") -> dict:
+  """Tokenises ``medi_path`` once with ``featurizer`` into ``out_dir`` (see the module docstring); returns the
+  manifest. Records are those ``MediIndex.from_file`` loads with the same options, in the same order. Written with
+  ``storage.files.atomic_folder``: ``out_dir`` appears complete or not at all (an old one stays until then)."""
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  if not tokenizer_dir and os.path.isdir(getattr(featurizer.doc_tok.hf, "name_or_path", "") or ""):
+    tokenizer_dir = featurizer.doc_tok.hf.name_or_path  # the folder the tokenizer was loaded from
+  _check_paths(medi_path, out_dir, overwrite)
+  t0 = time.time()
+  dtype = np.uint16 if featurizer.doc_tok.vocab_size <= 65536 else np.int32
+  report = medi.Report(medi_path)
+  with files.atomic_folder(out_dir, overwrite=True) as tmp:
+    spill = _Spill(tmp, 2 + featurizer.num_negatives, dtype)
+    try:
+      _tokenize(medi_path, featurizer, spill, report, strict, skip_invalid, progress)
+    finally:
+      spill.close()
     check_invalid(report, max_invalid_fraction)
     if not spill.files:
       raise DataError(f"{medi_path}: no valid MEDI records ({report.summary()})")
@@ -254,40 +251,11 @@ def prepare(medi_path: str, out_dir: str, featurizer: Featurizer, strict: bool =
     index_path = os.path.join(tmp, INDEX)
     with open(index_path, "wb") as f:
       np.savez(f, **arrays)
-    stat = os.stat(medi_path)
-    manifest = {
-        "format": FORMAT, "version": VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "tokenizer": {"fingerprint": tokenizer_fingerprint(featurizer), "dir": os.path.abspath(tokenizer_dir)
-                      if tokenizer_dir else "", "vocab_size": featurizer.doc_tok.vocab_size,
-                      "files_sha256": tokenizer_files_digest(tokenizer_dir) if tokenizer_dir else ""},
-        "max_query_length": featurizer.max_query_length, "max_doc_length": featurizer.max_doc_length,
-        "num_negatives": featurizer.num_negatives, "token_dtype": np.dtype(dtype).name,
-        "source": {"path": os.path.abspath(medi_path), "bytes": stat.st_size, "mtime": stat.st_mtime},
-        "options": {"strict": strict, "skip_invalid": skip_invalid, "max_invalid_fraction": max_invalid_fraction},
-        "report": report.to_dict(),
-        "tasks": [{"name": n, "records": int(arrays["task_offsets"][k + 1] - arrays["task_offsets"][k])}
-                  for k, n in enumerate(names)],
-        "records": int(len(arrays["record_id"])), "tokens": int(arrays["shard_tokens"][-1]), "shards": shards,
-        "fingerprint": _fingerprint(names, arrays), "index_sha256": _sha256(index_path),
-        "prepare_s": round(time.time() - t0, 1),
-    }
-    with open(os.path.join(tmp, MANIFEST), "w") as f:  # last: a folder without it is never read
-      json.dump(manifest, f, indent=1)
-    if os.path.exists(out_dir):
-      old = f"{out_dir}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-      os.rename(out_dir, old)
-      os.rename(tmp, out_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, out_dir)
-    return manifest
-  except BaseException:
-    if bar is not None:
-      bar.close()
-    spill.close()
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    options = {"strict": strict, "skip_invalid": skip_invalid, "max_invalid_fraction": max_invalid_fraction}
+    manifest = _manifest(medi_path, featurizer, tokenizer_dir, dtype, options, report, names, arrays, shards,
+                         index_path, t0)
+    files.write_json(os.path.join(tmp, MANIFEST), manifest, indent=1)  # last: a folder without it is never read
+  return manifest
 
 
 def _fingerprint(names: Sequence[str], arrays: dict) -> str:
