@@ -62,6 +62,13 @@ def _tasks_cli(args) -> int:
   return 0
 
 
+def _embedder(args):
+  """``embed(texts)`` with ``--embedder`` (JAX is imported only for ``build``)."""
+  from instructor_jax.models.embedder import Instructor
+  model = Instructor.from_pretrained(args.embedder, max_length=args.max_length)
+  return lambda texts: model.encode(list(texts), batch_size=args.batch_size)
+
+
 def _main(args) -> int:
   p = argparse.ArgumentParser(prog="python -m instructor_jax.medi", description="MEDI tools")
   sub = p.add_subparsers(dest="cmd", required=True)
@@ -81,7 +88,7 @@ def _main(args) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
   if args.cmd == "build":
     logging.getLogger("instructor_jax").setLevel(logging.INFO)  # the builder's per-task progress
-    return medi_builder.run(args)
+    return medi_builder.run(args, _embedder)
   if args.cmd == "validate":
     return _validate_cli(args)
   if args.cmd == "tasks":

@@ -21,6 +21,7 @@ import re
 from typing import Any, Iterator, Optional, Sequence
 
 from instructor_jax.core import errors
+from instructor_jax.storage import files
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,7 @@ class Report:
             "skipped_by_class": dict(sorted(self.counts.items())), "examples": dict(self.examples)}
 
   def write(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.to_dict(), f, indent=1)
-    os.replace(tmp, path)
+    files.write_json(path, self.to_dict(), indent=1)
 
   def summary(self) -> str:
     if not self.skipped:
@@ -449,12 +447,10 @@ def read_medi(path: str, strict: bool = False, skip_invalid: bool = False, repor
 
 
 def write_jsonl(records: Sequence[dict], path: str) -> None:
-  """Writes MEDI JSON lines atomically (``path.tmp`` then rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  """Writes MEDI JSON lines atomically."""
+  with files.atomic_file(path) as f:
     for r in records:
       f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
 
 
 def stable_hash(text: str) -> int:

@@ -22,6 +22,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from instructor_jax.core import errors
+from instructor_jax.storage import files
 from instructor_jax.data.medi import Report, read_medi, stable_hash, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -336,13 +337,12 @@ def quiet_jax_logs() -> None:
     logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run(args) -> int:
-  """``medi build``: mine, merge, write ``--out`` and ``--out.report.json`` atomically."""
+def run(args, load_embedder) -> int:
+  """``medi build``: mine, merge, write ``--out`` and ``--out.report.json`` atomically. ``load_embedder(args)``
+  returns ``embed(texts) -> [n, D]`` (the command passes the model's; the data stage imports no model)."""
   quiet_jax_logs()
   select_tasks(args.super_ni, args.tasks or ())  # before loading the embedder: a typo fails in a second
-  from instructor_jax.models.embedder import Instructor  # JAX only for the builder
-  model = Instructor.from_pretrained(args.embedder, max_length=args.max_length)
-  embed = lambda texts: model.encode(list(texts), batch_size=args.batch_size)
+  embed = load_embedder(args)
   records, report = build_medi(args.super_ni, embed, _load_annotations(args.annotations), seed=args.seed,
                                max_instances=args.max_instances, num_negatives=args.num_negatives,
                                max_labels=args.max_labels, tasks=args.tasks or ())
@@ -356,9 +356,7 @@ def run(args) -> int:
   report["records"] = len(records)
   report["embedder"] = args.embedder
   write_jsonl(records, args.out)
-  with open(args.out + ".report.json.tmp", "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(args.out + ".report.json.tmp", args.out + ".report.json")
+  files.write_json(args.out + ".report.json", report, indent=1)
   for name, e in report["tasks"].items():
     print(f"{name}: {e.get('kind')} {e['records']} records" + (
         f" (skipped: {e.get('skipped_no_positive', 0)} no positive, {e.get('skipped_no_negative', 0)} no negative)"

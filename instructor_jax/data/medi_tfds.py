@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from instructor_jax.storage import files
 from instructor_jax.data import medi
 from instructor_jax.data.tf_env import hide_gpus_from_tf
 
@@ -164,10 +165,7 @@ def prepare(medi_path: str, data_dir: str, strict: bool = False, skip_invalid: b
   finally:
     builder.cleanup()
   report = builder.info.metadata.get("report", {})
-  tmp = os.path.join(builder.data_dir, "prepare_report.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, os.path.join(builder.data_dir, "prepare_report.json"))
+  files.write_json(os.path.join(builder.data_dir, "prepare_report.json"), report, indent=1)
   return os.fspath(builder.data_dir)
 
 
