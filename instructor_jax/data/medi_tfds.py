@@ -1,19 +1,9 @@
-"""TFDS builder: a MEDI file (JSON array or JSON lines) -> sharded TFRecords, one split per MEDI task.
+"""TFDS builder ``medi``: a MEDI file -> sharded TFRecords, one split per MEDI task (``data prepare --data-dir``).
 
-Prepare once, read on every host::
-
-  python -m instructor_jax.data prepare --medi /path/medi-data.json --data-dir gs://bucket/tfds
-  # or: prepare(medi_path, data_dir); the builder reads the file from `manual_dir` (its folder)
-
-* Validation is ``instructor_jax.data.medi.read_medi`` (same errors, ``strict`` / ``skip_invalid``); the per-class report
-  of skipped records is stored in the dataset's ``metadata.json`` (``builder.info.metadata['report']``) and copied to
-  ``prepare_report.json`` beside it.
-* Records keep their source index (``record_id``) and line, so batches read from the shards are identical to
-  batches read from the file (``read_prepared`` sorts every task by record id).
-* Atomic: TFDS writes into ``<version>.incomplete-*`` and renames the folder when every split is written, so an
-  interrupted run leaves nothing that ``read_prepared`` / ``tfds.builder`` accepts as prepared; a re-run starts over.
-* Splits are the task names made file-safe (``[A-Za-z0-9_]``, collisions get a hash suffix); ``metadata['tasks']``
-  maps split -> task name.
+Validation is ``medi.read_medi`` (its report is kept in ``metadata['report']`` and ``prepare_report.json``); records
+keep their ``record_id``, so batches from the shards equal batches from the file (``read_prepared``). TFDS writes
+into ``<version>.incomplete-*`` and renames when complete, so an interrupted run is never read as prepared. Splits
+are file-safe task names; ``metadata['tasks']`` maps split -> task.
 """
 from __future__ import annotations
 

@@ -1,32 +1,10 @@
-"""Sequence packing for the training step: one step's sequences share rows of ``pack_length`` tokens.
+"""Sequence packing for the training step: the ``B * (2 + N)`` sequences of a step share rows of ``pack_length``.
 
-A training step encodes ``B`` queries, ``B`` positives and ``B x N`` hard negatives, all from one task. Padded, each
-is a row of ``max_query_length`` / ``max_doc_length`` tokens, and on MEDI-shaped data most of those tokens are
-padding. Packed, the ``n = B * (2 + N)`` sequences of the *global* batch are laid out best-fit-decreasing into
-``R`` rows of ``pack_length`` tokens:
-
-- every sequence stays whole and contiguous inside one row (never split, never truncated further: the max-length
-  rules of the padded path already applied, and ``pack_length >= max(max_query_length, max_doc_length)`` is checked
-  at start, so every sequence fits a row);
-- each row holds at most ``max_segments`` sequences; a sequence attends only within its own segment (``segment_ids``;
-  exact for T5's relative positions, and BERT restarts its positions per segment) and is pooled over its own text
-  tokens (``pool_ids``: the segment number on the positions from its ``instr_len`` on, else 0), so a packed row
-  computes exactly what the sequences compute padded;
-- ``slot_seq [R, max_segments]`` names the sequence in each slot (``b * (2 + N) + t``; ``t`` = 0 query, 1 positive,
-  2.. negatives; ``n`` for an empty slot), which the step uses to put the embeddings back into ``q [B, D]``,
-  ``p [B, D]``, ``n [B, N, D]``.
-
-Bounded shapes: ``R`` is rounded up to a fixed ladder (``row_ladder``): multiples of ``row_multiple`` (the batch
-shards x processes, so rows split evenly over devices and hosts) with at most ``buckets_per_octave`` sizes per
-doubling, so rounding adds less than ``1 / buckets_per_octave`` of a step and a run compiles one step per ladder size
-it meets (the ladder is printed at start). With gradient caching a size also splits into ``k`` equal chunks of at
-most ``max_chunk_rows`` rows, each a multiple of the row multiple, which adds fewer than ``k x row_multiple`` rows.
-
-The layout is a pure function of the sequence lengths, so every host computes the same one (the data stream is a
-pure function of seed and step) and each host builds only its own rows ``[i * R / P, (i + 1) * R / P)``. Rows are
-filled in layout order (the longest sequences first), so padding-only rows come last.
-
-This module is host-side numpy and imports no JAX.
+``Packer.layout`` lays them out best-fit-decreasing (``best_fit_decreasing``, also the encoder's packer), whole and
+contiguous, at most ``max_segments`` per row, the row count rounded up to a fixed ladder (``row_ladder``) so a run
+compiles a handful of step shapes. The first thing to know: the layout is a pure function of the lengths, so every
+host computes the same one and ``Packer.build`` fills only its own rows (``tokens``, ``segment_ids``, ``pool_ids``,
+``slot_seq``). Host-side numpy, no JAX; WORKSPACE.md ("Packing") has the derivation of the ladder and the masks.
 """
 from __future__ import annotations
 

@@ -1,27 +1,11 @@
 """Training from any registered seqio Task or Mixture (``config.data.source = "seqio"``).
 
-``config.data.mixture_or_task`` names a Task or Mixture registered by one of the modules in
-``config.data.seqio_modules`` (comma-separated, imported first; default ``tasks.medi``, which registers the ``medi``
-Mixture from ``$MEDI_PATH`` or ``$MEDI_TFDS_DIR``). A usable Task yields *MEDI-like* token features, unpadded
-(``tasks/medi.py`` and ``tasks/pairs_tsv.py`` are two such Tasks):
-
-  required  ``query_tokens [Lq']``, ``query_instr_len []``, ``pos_tokens [Ld']``, ``pos_instr_len []`` and, with
-            ``num_negatives > 0``, ``neg_tokens [N', Ld']`` (rows zero-padded) and ``neg_instr_len [N']``
-  optional  ``record_id []`` (int64, shown by ``preview``; default: the example's position) and ``pos_key []``
-            (int64, equal for equal positives, for ``dedup_positives``; default: a hash of ``pos_tokens``)
-
-How a batch is made: every host runs each Task's pipeline once at start (``Task.get_dataset(sequence_length=...,
-shuffle=False, num_epochs=1)``; preprocessors that take ``sequence_length`` truncate to the config's lengths) and
-keeps the token ids in the same ragged arrays as the file source (``features.MediIndex``). From there the path is
-the file source's: ``sampling.Sampler`` picks one Task per global batch, with the Mixture's rates (renormalised
-over the Tasks large enough to fill a batch; ``config.data.sampling`` is not used), and its rows; each host builds
-only its own rows (padded or packed), so host sharding and exact resume are the file source's. Every host needs
-the lengths of every sequence of a step to lay out its packed rows, so hosts read whole Tasks rather than
-``seqio.ShardInfo`` slices; for data too large to hold per host, write a prepared store (``prepared.py``).
-
-Tasks are ordered by name (``Mixture.tasks``). For the MEDI Mixture that is the file source's order (sorted MEDI
-task names), so both sources give the same batches for the same data and seed (``tests/test_seqio_source.py``).
-TensorFlow is kept off the GPUs before any Task module is imported.
+Imports ``config.data.seqio_modules``, looks up ``config.data.mixture_or_task``, checks that its Tasks yield MEDI-like
+token features (``query_tokens``, ``query_instr_len``, ``pos_tokens``, ``pos_instr_len``, ``neg_tokens``,
+``neg_instr_len``; optional ``record_id``, ``pos_key``), runs each Task once with the training lengths and keeps the
+tokens as ``features.MediIndex`` ragged arrays. The first thing to know: from there it is the file source's path
+(one Task per global batch, with the Mixture's rates; each host builds its own rows; resume by step), so every host
+reads whole Tasks; for data too large to hold per host, prepare it (``prepared.py``). WORKSPACE.md has the rest.
 """
 from __future__ import annotations
 

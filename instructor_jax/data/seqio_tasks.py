@@ -1,31 +1,12 @@
-"""seqio registrations for MEDI: one Task per MEDI dataset plus a Mixture.
+"""seqio registrations for MEDI: one Task per MEDI dataset plus the Mixture ``medi`` (``register_medi``).
 
-``register_medi(medi_path=... | tfds_data_dir=..., tokenizer_dir=...)`` registers ``{prefix}.{task}`` Tasks and the
-``{prefix}`` Mixture and returns the task names. Sources:
-
-* prepared TFDS shards (``tasks/medi_tfds.py``, one split per MEDI task): ``seqio.TfdsDataSource``;
-* a small MEDI file read directly (validated by ``instructor_jax.medi``): ``seqio.FunctionDataSource``.
-
-Every task has the same two preprocessors: ``raw_features`` (nothing to do for the sources above; kept so custom
-sources can plug in) and ``tokenize_medi``, which calls ``instructor_jax.data.features.Featurizer`` -- the *same* Python
-function the ``TrainStream`` uses (``instruction + text`` with ``</s>``, per-side truncation, instruction length
-``n``) -- through ``tf.numpy_function``, truncating to the ``sequence_length`` seqio hands it (``for_lengths``: a
-Task registered once serves any training lengths; without one, the registration's lengths). Output features (all
-int32): ``query_tokens [Lq]``, ``query_instr_len []``, ``pos_tokens [Ld]``, ``pos_instr_len []``, ``neg_tokens [N,
-Ld]``, ``neg_instr_len [N]``, plus ``record_id`` (int64, the source index) and ``pos_key`` (int64, the file source's
-key of the positive, for ``dedup_positives``). Token features declare ``seqio.SentencePieceVocabulary`` on the
-checkpoint's ``spiece.model``; its ids equal the encoder tokenizer's ids (tests/test_data.py), so
-``vocabulary.decode`` shows the text.
-
-Mixture rates follow ``sampling`` / ``temperature`` at registration (``instructor_jax.data.sampling.task_rates``). A
-seqio Mixture interleaves *examples*; training batches, which must each come from one task, are made by
-``instructor_jax.data.stream.TrainStream``: ``config.data.source=seqio`` with ``config.data.mixture_or_task=medi`` reads
-these Tasks (``instructor_jax/seqio_source.py``) and draws one Task per global batch with the Mixture's rates.
-``MediFeatureConverter`` pads to fixed lengths (for other seqio consumers).
-
-If the environment variable ``MEDI_PATH`` (a MEDI file) or ``MEDI_TFDS_DIR`` is set, importing this module registers
-the ``medi`` mixture from it with the default tokenizer (``instructor_jax/assets/t5-vocab``; ``MEDI_TOKENIZER_DIR``
-names another) and ``MEDI_SAMPLING`` / ``MEDI_TEMPERATURE`` (default proportional, 2.0).
+Sources: TFDS shards (``medi_tfds.py``) or a MEDI file read directly. Every Task tokenises with
+``features.Featurizer`` -- the same function the file source uses -- through ``tf.numpy_function``, truncating to the
+``sequence_length`` seqio hands it, and emits ``query_tokens``, ``pos_tokens``, ``neg_tokens`` (+ ``*_instr_len``,
+``record_id``, ``pos_key``). The first thing to know: a seqio Mixture interleaves *examples*, but a training batch
+must come from one task, so training reads these Tasks through ``seqio_source.py`` (one Task per global batch).
+Importing this module registers ``medi`` when ``MEDI_PATH`` or ``MEDI_TFDS_DIR`` is set (``MEDI_TOKENIZER_DIR``,
+``MEDI_SAMPLING``, ``MEDI_TEMPERATURE``).
 """
 from __future__ import annotations
 

@@ -1,22 +1,10 @@
-"""Tokenisation and the INSTRUCTOR instruction-length rule.
+"""Tokenisation and the INSTRUCTOR instruction-length rule (InstructorEmbedding 1.0.1), shared by data and model.
 
-The rule (InstructorEmbedding 1.0.1 behaviour) for an input ``[instruction, text]``:
-
-1. ``joined = (instruction + text.strip()).strip()`` (the instruction is *not* stripped before joining);
-2. ``joined`` is tokenised with the checkpoint's tokenizer: T5 appends ``</s>``; BERT's WordPiece tokenizer
-   (lower-casing or not as its own ``tokenizer.json`` says) wraps it in ``[CLS] ... [SEP]``; truncated to
-   ``max_length`` with the closing ``</s>`` / ``[SEP]`` kept inside the limit;
-3. ``n = len(tokens(instruction.strip())) - 1`` (same tokenizer, same truncation, minus the closing ``</s>`` /
-   ``[SEP]``; for BERT ``n`` therefore counts ``[CLS]`` too, so pooling starts at the first text token) and
-   ``n = 0`` whenever ``n <= 1`` (T5: a one-token instruction masks nothing; BERT: an empty instruction does not
-   mask ``[CLS]``);
-4. the encoder attends to every token; pooling skips the first ``n`` positions.
-
-A plain string is ``text.strip()`` tokenised the same way, with ``n = 0``. For BERT this is exactly what
-sentence-transformers does with ``encode(texts, prompt=instruction)`` and ``include_prompt=False`` (its prompt length
-is the prompt's token count minus the trailing ``[SEP]``), except for an instruction that tokenises to nothing.
-
-Everything here is pure Python (no JAX), so the data pipeline (`data.py`, seqio tasks) and the embedder share it.
+``[instruction, text]`` is tokenised as ``(instruction + text.strip()).strip()`` with the checkpoint's tokenizer
+(T5: ``</s>`` appended; BERT: ``[CLS] ... [SEP]``), and pooling skips the first ``n`` positions, where
+``n = len(tokens(instruction.strip())) - 1`` and ``n = 0`` whenever ``n <= 1``. The first thing to know: the
+instruction is attended to but not pooled, and a one-token T5 instruction is pooled with the text. Pure Python (no
+JAX). WORKSPACE.md ("The instruction rule") spells out each step and how it relates to sentence-transformers.
 """
 from __future__ import annotations
 
