@@ -100,3 +100,46 @@ def test_cli_keeps_internal_errors_and_debug_tracebacks():
     cli.run(bug, [])
   with pytest.raises(DataError):
     cli.run(lambda args: (_ for _ in ()).throw(DataError("x")), ["--debug"])
+
+
+# -- the same on Cloud Storage (fake-gcs-server on 127.0.0.1) ------------------------------------------------------
+
+from gcs_server import gcs, gcs_dir  # noqa: E402,F401  (fixtures)
+from instructor_jax.storage import paths  # noqa: E402
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_atomic_files_and_folders_local_and_gcs(tmp_path, request, where):
+  base = str(tmp_path) if where == "local" else request.getfixturevalue("gcs_dir")
+  target = paths.join(base, "a.json")
+  files.write_json(target, {"x": 1})
+  assert json.loads(paths.read_text(target)) == {"x": 1}
+  with pytest.raises(RuntimeError):
+    with files.atomic_file(target) as f:
+      f.write("partial")
+      raise RuntimeError("killed")
+  assert json.loads(paths.read_text(target)) == {"x": 1}
+  out = paths.join(base, "folder")
+  with pytest.raises(RuntimeError):
+    with files.atomic_folder(out) as tmp:
+      open(os.path.join(tmp, "a"), "w").write("1")
+      raise RuntimeError("killed")
+  assert not paths.exists(out) and not files.is_complete(out)
+  with files.atomic_folder(out) as tmp:
+    os.makedirs(os.path.join(tmp, "sub"))
+    open(os.path.join(tmp, "sub", "b"), "w").write("2")
+  assert files.is_complete(out) and paths.read_text(paths.join(out, "sub", "b")) == "2"
+  with files.atomic_folder(out, overwrite=True) as tmp:
+    open(os.path.join(tmp, "c"), "w").write("3")
+  names = list(paths.walk_files(out))
+  assert [n for n in names if n != files.COMMIT] == ["c"]
+
+
+def test_other_schemes_are_one_line_errors(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  for bad in ("s3://x/run", "hdfs://nn/run", "gs:/bucket/run", "gs:///run"):
+    with pytest.raises(paths.PathError, match="scheme|expected gs://BUCKET"):
+      paths.check(bad, "--workdir")
+  assert paths.check("gs://b/run/", "--workdir") == "gs://b/run"
+  assert paths.check("run") == str(tmp_path / "run")
+  assert os.listdir(tmp_path) == []

@@ -1,11 +1,11 @@
-"""Atomic files and folders: the one way anything in this package writes a file a reader may see half-written.
+"""Atomic files and folders, local or ``gs://``: the one way this package writes what a reader may see half-done.
 
-``atomic_file(path)`` / ``write_text`` / ``write_json`` / ``save_npy`` write a temporary file beside ``path`` and
-rename it over ``path`` when complete. ``atomic_folder(out)`` builds a folder in ``.NAME.tmp-*`` beside ``out`` and
-renames it into place; with ``overwrite`` the old folder is moved to ``.NAME.old-*`` first and removed after. Every
-temporary folder holds an owner file (host, pid, process start time), so the next writer of the same name removes the
-ones whose owner is dead and, if a writer died between its two renames, puts the old folder back. A reader never
-sees a partial file or folder under the final name.
+``atomic_file(path)`` / ``write_text`` / ``write_json`` / ``save_npy``: locally a temporary file beside ``path``
+renamed over it; on Cloud Storage a local temporary file uploaded as one object (an object appears whole or not at
+all). ``atomic_folder(out)``: locally a ``.NAME.tmp-*`` folder renamed into place (with ``overwrite`` the old one is
+moved aside first), whose owner file lets the next writer remove temporaries of dead writers and restore an old
+folder if a writer died between its two renames. On Cloud Storage, which has no folder rename, the folder is built
+locally, uploaded, and ``COMMIT`` is written last; readers of a gs:// folder require it (``is_complete``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from instructor_jax.storage import paths
+
 OWNER = ".owner.json"       # in a temporary folder: who is writing it
+COMMIT = "commit_success.txt"  # in a gs:// folder: written last; a folder without it is never read
 LEGACY_STALE_S = 3600       # a temporary folder without an owner file is stale after an hour
 
 
@@ -70,6 +73,13 @@ def owner_is_dead(info: dict) -> bool:
 def atomic_file(path: str, mode: str = "w", encoding: Optional[str] = "utf-8") -> Iterator[Any]:
   """``with atomic_file(path) as f: f.write(...)``: ``path`` appears complete (fsynced) or not at all."""
   path = os.fspath(path)
+  if paths.is_gcs(path):
+    with tempfile.TemporaryDirectory(prefix="instructor_jax-upload-") as tmp:
+      local = os.path.join(tmp, paths.basename(path))
+      with open(local, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
+        yield f
+      paths.upload(local, path)
+    return
   if os.path.isdir(path):
     raise IsADirectoryError(21, "Is a directory", path)
   parent = os.path.dirname(os.path.abspath(path))
@@ -165,6 +175,10 @@ def atomic_folder(out: str, overwrite: bool = False, log: Optional[Callable[[str
   """``with atomic_folder(out) as tmp:`` write into ``tmp``; on success it becomes ``out`` (replacing an existing
   ``out`` only with ``overwrite``, else ``FileExistsError``); on failure nothing is left. Stale temporary folders of
   ``out`` from dead writers are removed first."""
+  if paths.is_gcs(out):
+    with _gcs_folder(os.fspath(out), overwrite) as tmp:
+      yield tmp
+    return
   out = os.path.abspath(os.fspath(out))
   if os.path.exists(out) and not os.path.isdir(out):
     raise NotADirectoryError(20, "Not a directory (a file is in the way)", out)
@@ -193,3 +207,25 @@ def atomic_folder(out: str, overwrite: bool = False, log: Optional[Callable[[str
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def is_complete(folder: str) -> bool:
+  """Whether ``folder`` may be read: always for a local folder (it appeared by rename), for gs:// only with its
+  ``COMMIT`` marker."""
+  return paths.exists(paths.join(folder, COMMIT)) if paths.is_gcs(folder) else os.path.isdir(folder)
+
+
+@contextlib.contextmanager
+def _gcs_folder(out: str, overwrite: bool) -> Iterator[str]:
+  """``atomic_folder`` on Cloud Storage: build locally, then (marker removed first when replacing) upload with
+  ``COMMIT`` last."""
+  if paths.exists(out) and not overwrite:
+    raise FileExistsError(17, "File exists (pass overwrite to replace it)", out)
+  with tempfile.TemporaryDirectory(prefix="instructor_jax-folder-") as tmp:
+    yield tmp
+    fix_permissions(tmp)
+    if paths.exists(out):
+      paths.remove(paths.join(out, COMMIT))  # readers stop reading the old folder before it changes
+      paths.rmtree(out)
+    write_text(os.path.join(tmp, COMMIT), "")
+    paths.upload(tmp, out, last=(COMMIT,))
