@@ -226,8 +226,9 @@ class JaxEncoder:
     if self.pack:
       long = [i for i in order if len(encoded[i].ids) > self.pack]
       short = [i for i in order if len(encoded[i].ids) <= self.pack]
-      from instructor_jax.models.embedder import _pack
-      rows = _pack(short, [len(e.ids) for e in encoded], self.pack, max(1, self.pack // 8))
+      from instructor_jax.data.packing import best_fit_decreasing
+      rows = [[short[j] for j in r] for r in
+              best_fit_decreasing([len(encoded[i].ids) for i in short], self.pack, max(1, self.pack // 8))]
       per_call = max(1, batch_size * 32 // self.pack) * (2 if "big" in self.opts else 1)
       per_call = max(1, per_call // 2) if "half" in self.opts else per_call
       for s in range(0, len(rows), per_call):

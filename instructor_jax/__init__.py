@@ -8,10 +8,13 @@ def __getattr__(name):  # lazy: `import instructor_jax` should not pull in JAX f
   if name in ("Instructor", "InstructorModel"):
     from instructor_jax.models import embedder
     return getattr(embedder, name)
+  if name == "load":  # the one model loader: models/loader.py
+    from instructor_jax.models.loader import load
+    return load
   if name == "T5Config":
     from instructor_jax.models.t5 import T5Config
     return T5Config
   raise AttributeError(name)
 
 
-__all__ = ["Instructor", "InstructorModel", "T5Config", "Tokenizer", "instruction_length", "join_instruction"]
+__all__ = ["Instructor", "InstructorModel", "T5Config", "load", "Tokenizer", "instruction_length", "join_instruction"]

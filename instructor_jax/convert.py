@@ -4,7 +4,8 @@
     python -m instructor_jax.convert to-hf --model DIR_OR_HUB_ID --out DIR      # re-export an HF folder
     python -m instructor_jax.convert from-hf --model DIR_OR_HUB_ID --out WORKDIR
 
-Every export verifies itself before it appears under its name (``export/``); a failed check leaves nothing behind.
+Every export verifies itself before it appears under its name (``export/to_hf.py``); a failed check leaves nothing
+behind.
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import sys
 from typing import Optional, Sequence
 
 from instructor_jax.core import cli, errors
-from instructor_jax.export.convert import DTYPES, import_hf
+from instructor_jax.export.folder import DTYPES
+from instructor_jax.export.hf_import import import_hf
 from instructor_jax.export.to_hf import export_model
+
 
 def _main(args) -> int:
   p = argparse.ArgumentParser(prog="python -m instructor_jax.convert", description=__doc__,

@@ -26,6 +26,7 @@ import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
+from instructor_jax.storage import files
 from instructor_jax.evaluation import model as model_lib
 from instructor_jax.evaluation.readers import DataError
 
@@ -157,9 +158,7 @@ class CachedEncoder:
     self.misses += 1
     if path:
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = path + f".{os.getpid()}.tmp.npy"
-      np.save(tmp, emb)
-      os.replace(tmp, path)
+      files.save_npy(path, emb)
     return emb
 
 

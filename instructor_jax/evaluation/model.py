@@ -1,6 +1,6 @@
 """The model to evaluate: loaded from an orbax workdir[/STEP], an exported / sentence-transformers / INSTRUCTOR
 folder or a hub id, with the jax backend (``Instructor.encode``) or the torch one (``transformers`` encoder + the
-same INSTRUCTOR rule, ``convert.reference_encode``), and its identity in MTEB's result layout.
+same INSTRUCTOR rule, ``export.verify.reference_encode``), and its identity in MTEB's result layout.
 
 Identity (``ModelInfo``): ``name`` is ``org/model`` (the hub id, or ``local/<folder name>``); ``revision`` is the
 hub commit of a downloaded snapshot, else a content hash (12 hex of sha256): of every file of a folder but
@@ -41,7 +41,7 @@ class TorchInstructor:
     self.folder, self.max_length = folder, max_length
 
   def encode(self, inputs: Sequence, batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
-    from instructor_jax.export.convert import reference_encode
+    from instructor_jax.export.verify import reference_encode
     return reference_encode(self.folder, list(inputs), max_length=self.max_length, batch_size=batch_size)
 
 
@@ -112,50 +112,48 @@ def _n_params(params) -> int:
 def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype: str = "float32",
                   name: str | None = None):
   """``(embedder, ModelInfo, d_model, cleanup)``; ``embedder.encode(inputs)`` takes ``[instruction, text]`` pairs
-  (or plain texts) and returns float32 ``[N, D]``."""
-  import jax
+  (or plain texts) and returns float32 ``[N, D]``. The model is read by ``models.loader.load``."""
   import jax.numpy as jnp
-  from instructor_jax.export import convert
-  from instructor_jax.models import hf
-  from instructor_jax.models.embedder import Instructor, InstructorModel, _resolve
+  from instructor_jax.models import hf, loader
+  from instructor_jax.models.embedder import Instructor
   if backend not in ("jax", "torch"):
     raise ValueError(f"--backend {backend!r}: expected jax or torch")
   cdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   framework = "JAX" if backend == "jax" else "PyTorch"
   if is_orbax(model):
-    from instructor_jax.data.tokenization import Tokenizer
-    params, hf_config, normalize, tokenizer_dir, _, _, _ = convert.load_checkpoint(model)
-    cfg = hf.match_params(hf.config_from_hf(hf_config), params)
-    check_vocab(cfg.vocab_size, tokenizer_dir)
-    if hf.backbone(cfg) == "bert":  # no positions beyond the table (as Instructor.from_pretrained)
-      max_length = min(max_length, cfg.max_position_embeddings)
-    out_features = int(np.shape(params["dense"]["kernel"])[1]) if "dense" in params else None
-    info = ModelInfo(name or local_name(model), params_revision(params, hf_config, normalize, tokenizer_dir),
-                     cfg.d_model, out_features or cfg.d_model, _n_params(params), framework, max_length)
+    src = loader.load(model)
+    max_length = src.max_length(max_length)
+    d_model = src.config.d_model
+    info = ModelInfo(name or local_name(model), params_revision(src.params, src.hf_config, src.normalize,
+                                                                src.tokenizer_dir),
+                     d_model, src.out_features or d_model, _n_params(src.params), framework, max_length)
     if backend == "torch":
+      from instructor_jax.export.to_hf import export_folder
       tmp = tempfile.mkdtemp(prefix="instructor-eval-")
-      folder = convert.export_folder(params, hf_config, os.path.join(tmp, "model"), tokenizer_dir=tokenizer_dir,
-                                     normalize=normalize, verify=False, log=lambda *a: None)
-      return TorchInstructor(folder, max_length), info, cfg.d_model, lambda: shutil.rmtree(tmp, True)
-    tok = Tokenizer.from_pretrained(tokenizer_dir, max_length=max_length)
-    m = InstructorModel(dataclasses.replace(cfg, dtype=cdtype), out_features=out_features, normalize=normalize,
-                        pad_id=tok.pad_id)
-    params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x, np.float32)), params)
-    return Instructor(m, params, tok, source=model), info, cfg.d_model, lambda: None
-  folder = _resolve(model)
+      folder = export_folder(src.params, src.hf_config, os.path.join(tmp, "model"), tokenizer_dir=src.tokenizer_dir,
+                             normalize=src.normalize, verify=False, log=lambda *a: None)
+      return TorchInstructor(folder, max_length), info, d_model, lambda: shutil.rmtree(tmp, True)
+    inst = Instructor.from_loaded(src, dtype=cdtype, max_length=max_length)
+    return inst, info, d_model, lambda: None
+  folder = loader.resolve(model)
   hub_id = model if not os.path.exists(model) else None
   ident = dict(name=name or hub_id or local_name(folder), revision=folder_revision(folder), framework=framework)
   if backend == "torch":
     with open(os.path.join(model_dir(folder), "config.json"), encoding="utf-8") as f:
       cfg = hf.config_from_hf(json.load(f))
-    if hf.backbone(cfg) == "bert":
-      max_length = min(max_length, cfg.max_position_embeddings)
+    max_length = registry_max_length(cfg, max_length)
     info = ModelInfo(**ident, d_model=cfg.d_model, dim=None, n_parameters=None, max_length=max_length)
     return TorchInstructor(folder, max_length), info, cfg.d_model, lambda: None
   inst = Instructor.from_pretrained(folder, dtype=cdtype, max_length=max_length)
   info = ModelInfo(**ident, d_model=inst.model.config.d_model, dim=inst.dim, n_parameters=_n_params(inst.params),
                    max_length=inst.max_length)
   return inst, info, inst.model.config.d_model, lambda: None
+
+
+def registry_max_length(cfg, requested: int) -> int:
+  """``requested`` capped by the backbone (BERT: ``max_position_embeddings``)."""
+  from instructor_jax.models import registry
+  return registry.backbone_of(cfg).max_length(cfg, requested)
 
 
 def d_model_of(model: str | None) -> int | None:

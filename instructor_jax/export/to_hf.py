@@ -1,29 +1,32 @@
-"""Export a training checkpoint or an HF folder as a verified sentence-transformers / INSTRUCTOR folder.
+"""The export: a training checkpoint or an HF folder -> a verified sentence-transformers / INSTRUCTOR folder.
 
-``export_model`` is what ``python -m instructor_jax.convert to-hf`` and the end of training (``training/finish.py``)
-call: it loads the source, writes the folder atomically and verifies it before it appears under its name.
+Read first: ``export_model`` (what ``python -m instructor_jax.convert to-hf`` and ``training/finish.py`` call) loads
+the source (``models.loader.load``) and ``export_folder`` writes it through ``storage/files.atomic_folder``: the
+folder is built in a hidden ``.NAME.tmp-*`` beside ``out``, verified (``verify.verify_export``), and only then renamed
+to ``out``. A failure leaves nothing behind (with ``overwrite``, the previous export stays); a killed export's
+temporary folder is removed by the next export into the same parent once its owner is dead.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import re
+import signal
+import tempfile
 from typing import Any, Mapping, Optional
 
-from instructor_jax.export.convert import export_folder, load_checkpoint, load_hf
+import numpy as np
 
+from instructor_jax.core import errors
+from instructor_jax.data.tokenization import check_vocab
+from instructor_jax.export import card as card_lib
+from instructor_jax.export import folder as folder_lib
+from instructor_jax.export import verify as verify_lib
+from instructor_jax.models import hf, loader, registry
+from instructor_jax.storage import files
 
-def eval_results(path: Optional[str]) -> Optional[dict]:
-  """Reads an eval output folder (``summary.json`` from ``instructor_jax.eval``) or a ``{task: score}`` JSON file."""
-  if not path:
-    return None
-  if os.path.isdir(path):
-    path = os.path.join(path, "summary.json")
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
-  if isinstance(data, Mapping) and "tasks" in data:
-    return {t["task"]: {"type": t.get("type", ""), "metric": t.get("metric", ""), "score": t["score"]}
-            for t in data["tasks"]}
-  return data
+DTYPES = folder_lib.DTYPES
+_TEMP = re.compile(r"^\.(.+)\.(tmp|old)-")
 
 
 def export_model(out: str, *, checkpoint: Optional[str] = None, model: Optional[str] = None, legacy: bool = False,
@@ -34,15 +37,105 @@ def export_model(out: str, *, checkpoint: Optional[str] = None, model: Optional[
   returns the folder."""
   if (checkpoint is None) == (model is None):
     raise ValueError("export_model needs exactly one of checkpoint= or model=")
+  _check_out(out, overwrite)  # before loading anything: an unwritable --out is a one-line error at once
+  src = loader.load(checkpoint if checkpoint is not None else model)
   if checkpoint is not None:
-    params, hf_config, normalize, tokenizer_dir, seq_len, ckpt_training, step = load_checkpoint(checkpoint)
-    training_config = training_config or ckpt_training
-    source = f"{checkpoint} (step {step})" if step is not None else checkpoint
+    training_config = training_config or src.training_config
+    source = f"{checkpoint} (step {src.step})" if src.step is not None else checkpoint
   else:
-    params, hf_config, normalize, tokenizer_dir, seq_len = load_hf(model)
     source = model
   card = {"name": name or os.path.basename(os.path.abspath(out)), "training_config": training_config,
-          "eval_results": eval_results(eval_results_path), "source": source}
-  return export_folder(params, hf_config, out, tokenizer_dir=tokenizer_dir, normalize=normalize, legacy=legacy,
-                       dtype=dtype, max_seq_length=max_seq_length or seq_len or 512, card=card,
-                       overwrite=overwrite, verify=verify)
+          "eval_results": card_lib.eval_results(eval_results_path), "source": source}
+  return export_folder(src.params, src.hf_config, out, tokenizer_dir=src.tokenizer_dir, normalize=src.normalize,
+                       legacy=legacy, dtype=dtype, max_seq_length=max_seq_length or src.max_seq_length or 512,
+                       card=card, overwrite=overwrite, verify=verify)
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+  out = os.path.abspath(os.fspath(out))
+  if os.path.exists(out) and not overwrite:
+    raise errors.ExportError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(out)}.probe-", dir=parent):
+    pass
+
+
+def remove_stale_exports(out: str, log=print) -> list[str]:
+  """The temporary folders that killed writers left beside ``out``, for ``out`` and every other name in its parent
+  with an owner file (``files.remove_stale``): removed when their owner is dead."""
+  parent = os.path.dirname(os.path.abspath(out))
+  names = {os.path.basename(os.path.abspath(out))}
+  for n in os.listdir(parent) if os.path.isdir(parent) else []:
+    m = _TEMP.match(n)
+    if m and os.path.exists(os.path.join(parent, n, files.OWNER)):
+      names.add(m.group(1))
+  removed = []
+  for base in sorted(names):
+    removed += files.remove_stale(os.path.join(parent, base), log)
+  return removed
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+  """Turns SIGTERM into SystemExit while exporting, so the temporary folder is removed (main thread only)."""
+  def handler(signum, frame):
+    raise SystemExit(128 + signum)
+  try:
+    previous = signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # not the main thread
+    yield
+    return
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def export_folder(params: Mapping[str, Any], config: registry.Config | Mapping[str, Any], out: str, *,
+                  tokenizer_dir: str, normalize: bool = True, legacy: bool = False, dtype: str = "float32",
+                  max_seq_length: int = 512, card: str | Mapping[str, Any] | None = None, overwrite: bool = False,
+                  verify: bool = True, log=print) -> str:
+  """Writes ``params`` (the ``InstructorModel`` pytree, any float dtype) as an HF / sentence-transformers folder.
+
+  ``config``: a backbone config or the encoder's HF ``config.json`` dict (the backbone is its ``model_type``).
+  ``params['dense']['kernel'] [in, out]`` becomes ``2_Dense`` (absent: no Dense module). ``card``: the README text,
+  or a dict of ``card.model_card`` keyword arguments (``name``, ``training_config``, ``eval_results``, ``source``).
+  ``max_seq_length`` and the verification length are capped by the backbone (BERT: ``max_position_embeddings``).
+  The folder appears at ``out`` only complete and verified; returns ``out``.
+  """
+  out = os.path.abspath(os.fspath(out))
+  if os.path.exists(out) and not overwrite:
+    raise errors.ExportError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+  if dtype not in DTYPES:
+    raise errors.ExportError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+  cfg, hf_cfg = folder_lib.as_config(config, params)
+  backbone = registry.backbone_of(cfg)
+  if legacy and not backbone.LEGACY_INSTRUCTOR:
+    raise errors.ExportError("--legacy-instructor writes the hkunlp/instructor-* layout, which is for T5 models; "
+                             f"export this {backbone.NAME} model in the default sentence-transformers layout")
+  check_vocab(cfg.vocab_size, tokenizer_dir)
+  max_seq_length = backbone.max_length(cfg, max_seq_length)
+  verify_length = backbone.max_length(cfg, verify_lib.VERIFY_MAX_LENGTH)
+  state, dense = hf.from_flax(params, cfg, dtype=np.float32)
+  hf.check_state(state, cfg, where="params")
+  if not isinstance(card, str):
+    kw = dict(card or {})
+    kw.setdefault("name", os.path.basename(out))
+    card = card_lib.model_card(legacy=legacy, dim=int(dense.shape[0]) if dense is not None else cfg.d_model,
+                               config=cfg, max_seq_length=max_seq_length, dtype=dtype, dense=dense is not None,
+                               normalize=normalize, **kw)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  remove_stale_exports(out, log)
+  with _sigterm_as_exception(), files.atomic_folder(out, overwrite=overwrite, log=log) as tmp:
+    folder_lib.write_folder(tmp, state, dense, hf_cfg, tokenizer_dir, normalize=normalize, legacy=legacy,
+                            dtype=dtype, max_seq_length=max_seq_length, card=card)
+    if verify:
+      expected = verify_lib.source_embeddings(params, cfg, normalize, tokenizer_dir, verify_lib.VERIFY_PAIRS,
+                                              verify_length)
+      verify_lib.verify_export(tmp, expected, legacy=legacy, dtype=dtype, state=state, dense=dense,
+                               max_length=verify_length, log=log)
+  use = (f"InstructorEmbedding 1.0.1: INSTRUCTOR({out!r}).encode([[instruction, text], ...])" if legacy else
+         f"SentenceTransformer({out!r}).encode(texts, prompt=instruction)")
+  log(f"wrote {out} ({'legacy INSTRUCTOR' if legacy else 'sentence-transformers'} layout, {dtype}): {use}")
+  return out

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from instructor_jax.models.t5 import run_layers
 
@@ -268,3 +270,142 @@ class BertEncoder(nn.Module):
       Linear((cfg.d_model, cfg.d_model), ("embed", "mlp"), 1, "bd,de->be", std=cfg.initializer_range,
              dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="pooler")(x[:, 0])
     return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The backbone interface (``models/registry.py``): HF ``BertModel`` names <-> ``BertEncoder`` params.
+
+NAME = "bert"
+Config = BertConfig
+Encoder = BertEncoder
+HF_MODEL_CLASS = "BertModel"
+LEGACY_INSTRUCTOR = False  # InstructorEmbedding 1.0.1 is T5 only
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+                "position_embedding_type", "model_type")
+_PREFIXES = ("0.auto_model.", "auto_model.", "bert.")
+_IGNORED = re.compile(r"^(cls\.|embeddings\.position_ids$|embeddings\.token_type_ids$)")
+# (HF name under encoder.layer.N., Flax path under layers_N, kind). Attention kernels are stored per head
+# (``[d, heads, d_head]`` / ``[heads, d_head, d]``), biases ``[heads, d_head]`` / ``[d]``; dense kernels ``[in, out]``.
+_LAYER = (
+    ("attention.self.query", ("attention", "q"), "qkv"), ("attention.self.key", ("attention", "k"), "qkv"),
+    ("attention.self.value", ("attention", "v"), "qkv"), ("attention.output.dense", ("attention", "o"), "o"),
+    ("attention.output.LayerNorm", ("attention_norm",), "norm"), ("intermediate.dense", ("wi",), "dense"),
+    ("output.dense", ("wo",), "dense"), ("output.LayerNorm", ("mlp_norm",), "norm"))
+
+
+def max_length(cfg: BertConfig, requested: int) -> int:
+  """No positions beyond the table: capped at ``max_position_embeddings``."""
+  return min(requested, cfg.max_position_embeddings)
+
+
+def with_overrides(cfg: BertConfig, **overrides) -> BertConfig:
+  """``dropout_rate`` (T5's field, the trainer's override) sets both dropout probabilities."""
+  if "dropout_rate" in overrides:
+    p = float(overrides.pop("dropout_rate"))
+    overrides.update(hidden_dropout_prob=p, attention_probs_dropout_prob=p)
+  return dataclasses.replace(cfg, **overrides)
+
+
+def match_params(cfg: BertConfig, params: Mapping[str, Any]) -> BertConfig:
+  """With or without pooler, as the ``InstructorModel`` params tree."""
+  return dataclasses.replace(cfg, pooler="pooler" in params["encoder"])
+
+
+def match_state(cfg: BertConfig, state: Mapping[str, Any]) -> BertConfig:
+  """With or without pooler, as the HF state dict."""
+  return dataclasses.replace(cfg, pooler="pooler.dense.weight" in state or "pooler.dense.bias" in state)
+
+
+def describe(cfg: BertConfig) -> str:
+  return f"BERT encoder with {cfg.num_layers} layers, hidden size {cfg.d_model}, `{cfg.hidden_act}`"
+
+
+def strip_names(state: Mapping[str, Any]) -> dict:
+  """``BertModel`` names from those under ``auto_model.`` / ``bert.``; pre-training heads (``cls.*``) and the
+  ``position_ids`` / ``token_type_ids`` buffers dropped."""
+  out = {}
+  for k, v in state.items():
+    for prefix in _PREFIXES:
+      if k.startswith(prefix):
+        k = k[len(prefix):]
+    out[k] = v
+  return {k: v for k, v in out.items() if not _IGNORED.match(k)}
+
+
+def expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
+  d, f = cfg.d_model, cfg.d_ff
+  shapes = {"embeddings.word_embeddings.weight": (cfg.vocab_size, d),
+            "embeddings.position_embeddings.weight": (cfg.max_position_embeddings, d),
+            "embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, d),
+            "embeddings.LayerNorm.weight": (d,), "embeddings.LayerNorm.bias": (d,)}
+  if cfg.pooler:
+    shapes.update({"pooler.dense.weight": (d, d), "pooler.dense.bias": (d,)})
+  out_in = {"attention.self.query": (d, d), "attention.self.key": (d, d), "attention.self.value": (d, d),
+            "attention.output.dense": (d, d), "intermediate.dense": (f, d), "output.dense": (d, f),
+            "attention.output.LayerNorm": (d,), "output.LayerNorm": (d,)}
+  for i in range(cfg.num_layers):
+    for name, shape in out_in.items():
+      p = f"encoder.layer.{i}.{name}."
+      if len(shape) == 1:
+        shapes[p + "weight"] = shapes[p + "bias"] = shape
+      else:
+        shapes[p + "weight"], shapes[p + "bias"] = shape, shape[:1]
+  return shapes
+
+
+def encoder_to_flax(state: Mapping[str, Any], cfg: BertConfig, dtype) -> dict:
+  h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
+  a = lambda x: np.asarray(x, dtype=dtype)
+  w = lambda n: a(state[n + ".weight"])
+  b = lambda n: a(state[n + ".bias"])
+  enc = {"word_embeddings": {"embedding": w("embeddings.word_embeddings")},
+         "position_embeddings": {"embedding": w("embeddings.position_embeddings")},
+         "token_type_embeddings": {"embedding": w("embeddings.token_type_embeddings")},
+         "embeddings_norm": {"scale": w("embeddings.LayerNorm"), "bias": b("embeddings.LayerNorm")}}
+  for i in range(cfg.num_layers):
+    layer = enc[f"layers_{i}"] = {"attention": {}}
+    for name, path, kind in _LAYER:
+      n = f"encoder.layer.{i}.{name}"
+      if kind == "qkv":
+        leaf = {"kernel": w(n).reshape(h, dk, d).transpose(2, 0, 1), "bias": b(n).reshape(h, dk)}
+      elif kind == "o":
+        leaf = {"kernel": w(n).T.reshape(h, dk, d), "bias": b(n)}
+      elif kind == "dense":
+        leaf = {"kernel": w(n).T, "bias": b(n)}
+      else:
+        leaf = {"scale": w(n), "bias": b(n)}
+      (layer["attention"] if path[0] == "attention" else layer)[path[-1]] = leaf
+  if cfg.pooler:
+    enc["pooler"] = {"kernel": w("pooler.dense").T, "bias": b("pooler.dense")}
+  return enc
+
+
+def encoder_from_flax(enc: Mapping[str, Any], cfg: BertConfig, dtype) -> dict:
+  """The inverse of ``encoder_to_flax`` (bit-exact in fp32)."""
+  h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
+  a = lambda x: np.ascontiguousarray(np.asarray(x, dtype=dtype))
+  state = {"embeddings.word_embeddings.weight": a(enc["word_embeddings"]["embedding"]),
+           "embeddings.position_embeddings.weight": a(enc["position_embeddings"]["embedding"]),
+           "embeddings.token_type_embeddings.weight": a(enc["token_type_embeddings"]["embedding"]),
+           "embeddings.LayerNorm.weight": a(enc["embeddings_norm"]["scale"]),
+           "embeddings.LayerNorm.bias": a(enc["embeddings_norm"]["bias"])}
+  for i in range(cfg.num_layers):
+    layer = enc[f"layers_{i}"]
+    for name, path, kind in _LAYER:
+      leaf = layer["attention"][path[-1]] if path[0] == "attention" else layer[path[-1]]
+      n = f"encoder.layer.{i}.{name}"
+      if kind == "qkv":
+        state[n + ".weight"] = a(np.asarray(leaf["kernel"]).transpose(1, 2, 0).reshape(h * dk, d))
+        state[n + ".bias"] = a(np.asarray(leaf["bias"]).reshape(h * dk))
+      elif kind == "o":
+        state[n + ".weight"] = a(np.asarray(leaf["kernel"]).reshape(h * dk, d).T)
+        state[n + ".bias"] = a(leaf["bias"])
+      elif kind == "dense":
+        state[n + ".weight"], state[n + ".bias"] = a(np.asarray(leaf["kernel"]).T), a(leaf["bias"])
+      else:
+        state[n + ".weight"], state[n + ".bias"] = a(leaf["scale"]), a(leaf["bias"])
+  if "pooler" in enc:
+    state["pooler.dense.weight"] = a(np.asarray(enc["pooler"]["kernel"]).T)
+    state["pooler.dense.bias"] = a(enc["pooler"]["bias"])
+  return state

@@ -2,15 +2,13 @@
 
 ``InstructorModel`` is the Flax module used by both inference (``Instructor.encode``) and training: it takes
 ``tokens [B, L]`` and ``instr_len [B]`` (the pooling offset ``n`` of the instruction rule, see
-``tokenization.py``) and returns unit vectors ``[B, D]``. The encoder is ``t5.T5Encoder`` or ``bert.BertEncoder``,
-picked by the type of the config (``T5Config`` / ``BertConfig``; ``Instructor.from_pretrained`` reads it from
-``config.json``'s ``model_type``); everything after the encoder is the same for both. A model without a Dense module
-(e.g. all-MiniLM-L6-v2) uses the identity. ``Instructor`` wraps a loaded checkpoint and its tokenizer behind
-``from_pretrained`` / ``encode``.
+``tokenization.py``) and returns unit vectors ``[B, D]``. The encoder is the config's backbone's (``registry.py``);
+everything after the encoder is the same for all. A model without a Dense module (e.g. all-MiniLM-L6-v2) uses the
+identity. ``Instructor`` wraps a loaded model (``loader.load``) and its tokenizer behind ``from_pretrained`` /
+``encode``.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from typing import Any, Iterable, Optional, Sequence
@@ -20,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instructor_jax.models import hf
 from instructor_jax.core.errors import UserError
-from instructor_jax.models.bert import BertConfig, BertEncoder
-from instructor_jax.models.t5 import T5Config, T5Encoder
-from instructor_jax.data.tokenization import DEFAULT_MAX_LENGTH, Input, Tokenizer, check_vocab
+from instructor_jax.data.packing import best_fit_decreasing
+from instructor_jax.data.tokenization import DEFAULT_MAX_LENGTH, Input, Tokenizer
+from instructor_jax.models import loader, registry
 
 # Padded lengths used by `encode`: inputs are padded up to the next bucket (capped by max_length), so the number of
 # compiled shapes stays small whatever the data.
@@ -57,9 +54,9 @@ class InstructorModel(nn.Module):
   """``(tokens [B, L], instr_len [B], mask [B, L] | None) -> embeddings [B, D]`` (fp32).
 
   ``mask`` defaults to ``tokens != pad_id``. The Dense layer is absent when ``out_features`` is None. The encoder
-  (param collection ``encoder``) is ``BertEncoder`` for a ``BertConfig``, else ``T5Encoder``.
+  (param collection ``encoder``) is the config's backbone's ``Encoder``.
   """
-  config: T5Config | BertConfig
+  config: registry.Config
   out_features: Optional[int] = None
   normalize: bool = True
   pad_id: int = 0
@@ -70,7 +67,7 @@ class InstructorModel(nn.Module):
     positions of each of up to S inputs per row; ``instr_len`` unused) give embeddings ``[B, S, D]``."""
     if mask is None:
       mask = tokens != self.pad_id
-    encoder = BertEncoder if isinstance(self.config, BertConfig) else T5Encoder
+    encoder = registry.backbone_of(self.config).Encoder
     hidden = encoder(self.config, name="encoder")(tokens, mask, deterministic, segment_ids=segment_ids)
     if pool is None:
       pooled = mean_pool(hidden, pool_mask(mask, instr_len))
@@ -88,29 +85,6 @@ class InstructorModel(nn.Module):
     return l2_normalize(pooled) if self.normalize else pooled
 
 
-def looks_local(path: str) -> bool:
-  """A path, not a hub id (``name`` or ``org/name``): absolute, relative with ``.``/``~``, or with 2+ separators."""
-  return path.startswith(("/", "./", "../", "~", ".\\")) or path in (".", "..") or path.count("/") >= 2 or (
-      os.sep != "/" and os.sep in path)
-
-
-def _resolve(path_or_hub_id: str | os.PathLike) -> str:
-  path = os.fspath(path_or_hub_id)
-  if os.path.isdir(path):
-    return path
-  if os.path.exists(path):
-    raise ValueError(f"{path}: expected a checkpoint folder, found a file")
-  if looks_local(path):
-    raise FileNotFoundError(f"{path}: no such folder (a model folder, a training workdir or WORKDIR/STEP)")
-  try:
-    from huggingface_hub import snapshot_download
-    return snapshot_download(path)
-  except Exception as e:
-    raise ValueError(
-        f"{path!r} is not a local folder and could not be downloaded from the Hugging Face hub "
-        f"({type(e).__name__}: {e}). Offline? Download the model elsewhere and pass its folder.") from e
-
-
 class Instructor:
   """A loaded INSTRUCTOR / GTR / T5 / BERT checkpoint: ``Instructor.from_pretrained(dir).encode(pairs)``."""
 
@@ -125,40 +99,21 @@ class Instructor:
   def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype=jnp.float32, max_length: int = DEFAULT_MAX_LENGTH,
                       param_dtype=jnp.float32) -> "Instructor":
     """Loads the INSTRUCTOR, sentence-transformers (GTR, MiniLM, ...) or plain T5 / BERT layout from a folder or a
-    hub id, or a training workdir / ``WORKDIR/STEP`` (``from_checkpoint``); the backbone comes from ``config.json``. For BERT, ``max_length`` is capped at
-    ``max_position_embeddings`` (there are no positions beyond the table)."""
-    from instructor_jax.storage import checkpoints
-    if checkpoints.is_checkpoint(os.fspath(path_or_hub_id)):
-      return cls.from_checkpoint(path_or_hub_id, dtype=dtype, max_length=max_length, param_dtype=param_dtype)
-    root = _resolve(path_or_hub_id)
-    folder = hf.read_folder(root)
-    cfg = dataclasses.replace(folder.config, dtype=dtype, param_dtype=param_dtype)
-    if isinstance(cfg, BertConfig):
-      max_length = min(max_length, cfg.max_position_embeddings)
-    tokenizer = Tokenizer.from_pretrained(folder.model_dir, max_length=max_length)
-    model = InstructorModel(cfg, out_features=None if folder.dense is None else int(folder.dense.shape[0]),
-                            normalize=folder.normalize, pad_id=tokenizer.pad_id)
-    params = jax.tree.map(jnp.asarray, hf.to_flax(folder.state, cfg, folder.dense, dtype=np.dtype(param_dtype)))
-    return cls(model, params, tokenizer, source=root)
+    hub id, or a training workdir / ``WORKDIR/STEP`` (its verified parameters and tokenizer); ``loader.load``.
+    ``max_length`` is capped by the backbone (BERT: ``max_position_embeddings``)."""
+    return cls.from_loaded(loader.load(path_or_hub_id, params_dtype=param_dtype), dtype=dtype,
+                           max_length=max_length, param_dtype=param_dtype)
 
   @classmethod
-  def from_checkpoint(cls, path: str | os.PathLike, dtype=jnp.float32, max_length: int = DEFAULT_MAX_LENGTH,
-                      param_dtype=jnp.float32) -> "Instructor":
-    """A training workdir (its newest intact step) or ``WORKDIR/STEP``: verified parameters, the workdir's
-    tokenizer (``checkpoints.restore_params``)."""
-    from instructor_jax.storage import checkpoints
-    params, meta = checkpoints.restore_params(os.fspath(path))
-    cfg = hf.match_params(hf.config_from_hf(checkpoints.model_config(meta), dtype=dtype, param_dtype=param_dtype),
-                          params)
-    if isinstance(cfg, BertConfig):
-      max_length = min(max_length, cfg.max_position_embeddings)
-    check_vocab(cfg.vocab_size, meta["tokenizer_dir"])
-    tokenizer = Tokenizer.from_pretrained(meta["tokenizer_dir"], max_length=max_length)
-    out_features = int(np.shape(params["dense"]["kernel"])[1]) if "dense" in params else None
-    model = InstructorModel(cfg, out_features=out_features, normalize=bool(meta.get("normalize", True)),
+  def from_loaded(cls, loaded: "loader.Loaded", dtype=jnp.float32, max_length: int = DEFAULT_MAX_LENGTH,
+                  param_dtype=jnp.float32) -> "Instructor":
+    """The encoder of a ``loader.load`` result, computing in ``dtype`` with ``param_dtype`` parameters."""
+    cfg = loaded.backbone.with_overrides(loaded.config, dtype=dtype, param_dtype=param_dtype)
+    tokenizer = Tokenizer.from_pretrained(loaded.tokenizer_dir, max_length=loaded.max_length(max_length))
+    model = InstructorModel(cfg, out_features=loaded.out_features, normalize=loaded.normalize,
                             pad_id=tokenizer.pad_id)
-    params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), dtype=param_dtype), params)
-    return cls(model, params, tokenizer, source=os.fspath(path))
+    params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), dtype=param_dtype), loaded.params)
+    return cls(model, params, tokenizer, source=loaded.source)
 
   @property
   def max_length(self) -> int:
@@ -208,8 +163,9 @@ class Instructor:
       return out
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
     pad = min(PACK_LENGTH, self.max_length) if pack else 0
-    packed = _pack([i for i in order if len(encoded[i].ids) <= pad], [len(e.ids) for e in encoded], pad,
-                   max_segments=max(1, pad // 8))
+    short = [i for i in order if len(encoded[i].ids) <= pad]
+    packed = [[short[j] for j in row]
+              for row in best_fit_decreasing([len(encoded[i].ids) for i in short], pad, max(1, pad // 8))]
     per_call = max(1, batch_size * 32 // pad) if pad else 1
     calls = [("packed", packed[i:i + per_call], per_call) for i in range(0, len(packed), per_call)]
     rest = [i for i in order if len(encoded[i].ids) > pad]
@@ -305,25 +261,3 @@ def _fetch(pending, out: np.ndarray) -> None:
   emb = np.asarray(emb, np.float32)
   for i, at in where:
     out[i] = emb[at]
-
-
-def _pack(order: Sequence[int], lengths: Sequence[int], row_length: int, max_segments: int) -> list[list[int]]:
-  """Best-fit-decreasing packing of ``order`` (longest first) into rows of ``row_length`` tokens, at most
-  ``max_segments`` inputs per row; O(N x row_length) (open rows indexed by their free space)."""
-  rows: list[list[int]] = []
-  free: list[int] = []
-  by_free: list[list[int]] = [[] for _ in range(row_length + 1)]
-  for i in order:
-    n = lengths[i]
-    c = next((c for c in range(n, row_length + 1) if by_free[c]), None)
-    if c is None:
-      rows.append([])
-      free.append(row_length)
-      r = len(rows) - 1
-    else:
-      r = by_free[c].pop()
-    rows[r].append(i)
-    free[r] -= n
-    if len(rows[r]) < max_segments and free[r] > 0:
-      by_free[free[r]].append(r)
-  return rows

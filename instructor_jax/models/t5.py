@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -332,3 +333,115 @@ class T5Encoder(nn.Module):
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The backbone interface (``models/registry.py``): HF ``T5EncoderModel`` names <-> ``T5Encoder`` params.
+
+NAME = "t5"
+Config = T5Config
+Encoder = T5Encoder
+HF_MODEL_CLASS = "T5EncoderModel"   # the transformers class that reads an export
+LEGACY_INSTRUCTOR = True            # the hkunlp/instructor-* layout exists for this backbone
+# The config.json fields that shape the encoder: an export writes ours over the source's.
+SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
+                "relative_attention_max_distance", "layer_norm_epsilon", "feed_forward_proj", "model_type")
+_PREFIXES = ("0.auto_model.", "auto_model.", "transformer.")
+_IGNORED = re.compile(r"^(decoder\.|lm_head\.|encoder\.embed_tokens\.weight$)")
+
+
+def max_length(cfg: T5Config, requested: int) -> int:
+  """Relative positions: any length."""
+  return requested
+
+
+def with_overrides(cfg: T5Config, **overrides) -> T5Config:
+  return dataclasses.replace(cfg, **overrides)
+
+
+def match_params(cfg: T5Config, params: Mapping[str, Any]) -> T5Config:
+  return cfg
+
+
+def match_state(cfg: T5Config, state: Mapping[str, Any]) -> T5Config:
+  return cfg
+
+
+def describe(cfg: T5Config) -> str:
+  return f"T5 encoder with {cfg.num_layers} layers, d_model {cfg.d_model}, `{cfg.feed_forward_proj}`"
+
+
+def strip_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """``T5EncoderModel`` names from those of a full T5 model, or of one under ``auto_model.`` / ``transformer.``;
+  decoder and LM-head tensors dropped."""
+  out = {}
+  for k, v in state.items():
+    for prefix in _PREFIXES:
+      if k.startswith(prefix):
+        k = k[len(prefix):]
+    out[k] = v
+  if "shared.weight" not in out and "encoder.embed_tokens.weight" in out:
+    out["shared.weight"] = out["encoder.embed_tokens.weight"]
+  return {k: v for k, v in out.items() if not _IGNORED.match(k)}
+
+
+def expected_shapes(cfg: T5Config) -> dict[str, tuple[int, ...]]:
+  inner = cfg.num_heads * cfg.d_kv
+  shapes = {"shared.weight": (cfg.vocab_size, cfg.d_model), "encoder.final_layer_norm.weight": (cfg.d_model,),
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
+                (cfg.relative_attention_num_buckets, cfg.num_heads)}
+  for i in range(cfg.num_layers):
+    p = f"encoder.block.{i}."
+    for n in "qkv":
+      shapes[p + f"layer.0.SelfAttention.{n}.weight"] = (inner, cfg.d_model)
+    shapes[p + "layer.0.SelfAttention.o.weight"] = (cfg.d_model, inner)
+    shapes[p + "layer.0.layer_norm.weight"] = (cfg.d_model,)
+    shapes[p + "layer.1.layer_norm.weight"] = (cfg.d_model,)
+    for n in _wis(cfg):
+      shapes[p + f"layer.1.DenseReluDense.{n}.weight"] = (cfg.d_ff, cfg.d_model)
+    shapes[p + "layer.1.DenseReluDense.wo.weight"] = (cfg.d_model, cfg.d_ff)
+  return shapes
+
+
+def _wis(cfg: T5Config) -> tuple[str, ...]:
+  return ("wi_0", "wi_1") if cfg.gated else ("wi",)
+
+
+def encoder_to_flax(state: Mapping[str, np.ndarray], cfg: T5Config, dtype) -> dict:
+  """HF tensors -> the ``encoder`` params. Attention kernels per head: q/k/v ``[d, heads, d_kv]``, o ``[heads,
+  d_kv, d]``; dense kernels ``[in, out]``."""
+  h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
+  a = lambda x: np.asarray(x, dtype=dtype)
+  enc = {"token_embedder": {"embedding": a(state["shared.weight"])},
+         "relative_attention_bias": a(state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]),
+         "final_norm": {"scale": a(state["encoder.final_layer_norm.weight"])}}
+  for i in range(cfg.num_layers):
+    p = f"encoder.block.{i}.layer."
+    att = {n: {"kernel": a(state[p + f"0.SelfAttention.{n}.weight"]).reshape(h, dk, d).transpose(2, 0, 1)}
+           for n in "qkv"}
+    att["o"] = {"kernel": a(state[p + "0.SelfAttention.o.weight"]).T.reshape(h, dk, d)}
+    mlp = {n: {"kernel": a(state[p + f"1.DenseReluDense.{n}.weight"]).T} for n in _wis(cfg) + ("wo",)}
+    enc[f"layers_{i}"] = {"attention": att, "mlp": mlp,
+                          "attention_norm": {"scale": a(state[p + "0.layer_norm.weight"])},
+                          "mlp_norm": {"scale": a(state[p + "1.layer_norm.weight"])}}
+  return enc
+
+
+def encoder_from_flax(enc: Mapping[str, Any], cfg: T5Config, dtype) -> dict[str, np.ndarray]:
+  """The inverse of ``encoder_to_flax`` (bit-exact in fp32)."""
+  h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
+  a = lambda x: np.ascontiguousarray(np.asarray(x, dtype=dtype))
+  state = {"shared.weight": a(enc["token_embedder"]["embedding"]),
+           "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": a(enc["relative_attention_bias"]),
+           "encoder.final_layer_norm.weight": a(enc["final_norm"]["scale"])}
+  for i in range(cfg.num_layers):
+    layer, p = enc[f"layers_{i}"], f"encoder.block.{i}.layer."
+    for n in "qkv":
+      state[p + f"0.SelfAttention.{n}.weight"] = a(
+          np.asarray(layer["attention"][n]["kernel"]).transpose(1, 2, 0).reshape(h * dk, d))
+    state[p + "0.SelfAttention.o.weight"] = a(np.asarray(layer["attention"]["o"]["kernel"]).reshape(h * dk, d).T)
+    for n, w in layer["mlp"].items():
+      state[p + f"1.DenseReluDense.{n}.weight"] = a(np.asarray(w["kernel"]).T)
+    state[p + "0.layer_norm.weight"] = a(layer["attention_norm"]["scale"])
+    state[p + "1.layer_norm.weight"] = a(layer["mlp_norm"]["scale"])
+  return state

@@ -2,7 +2,7 @@
 
 - ``build_model(config)`` -> ``ModelSpec``: ``InstructorModel`` (T5 or BERT) and, unless random init, its host
   parameters, from ``config.model.init_checkpoint`` (a workdir), ``config.model.init_from`` (any folder
-  ``Instructor.from_pretrained`` loads) or the HF-style ``config.model.t5`` / ``config.model.bert`` dict.
+  ``models.loader.load`` reads) or the HF-style ``config.model.t5`` / ``config.model.bert`` dict.
 - ``make_optimizer(config)``: AdamW with linear warmup then linear decay to 0 (HF ``linear``), optional clipping.
 - ``state_shardings``: the abstract state ``{'params', 'opt_state', 'rng', 'step'}`` and its ``NamedSharding`` tree
   from the model's logical axis names and the mesh's rules; ``create_state`` puts pretrained parameters onto those
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -21,13 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from instructor_jax.storage import checkpoints
-from instructor_jax.models import hf
-from instructor_jax.training import sharding
-from instructor_jax.models.bert import BertConfig
-from instructor_jax.models.embedder import InstructorModel
-from instructor_jax.models.t5 import T5Config
+from instructor_jax.core import errors
 from instructor_jax.data.tokenization import T5_VOCAB
+from instructor_jax.models import loader, registry
+from instructor_jax.models.embedder import InstructorModel
+from instructor_jax.storage import checkpoints
+from instructor_jax.training import sharding
 
 ASSETS_VOCAB = T5_VOCAB
 
@@ -68,36 +68,43 @@ def build_model(config, load_weights: bool = True) -> ModelSpec:
     overrides["dropout_rate"] = float(mc.dropout_rate)
   if mc.get("attention", None):  # "xla" | "cudnn" (T5Config.attention; BERT has xla only)
     overrides["attention"] = mc.attention
-  params, max_len = None, None
-  if mc.get("init_checkpoint", ""):
-    restored, meta = checkpoints.restore_params(mc.init_checkpoint)
-    params = restored if load_weights else None  # compile_only: meta only
-    cfg = hf.match_params(hf.config_from_hf(checkpoints.model_config(meta), **overrides), restored)
-    out_features, normalize, pad_id = meta["out_features"], meta["normalize"], meta.get("pad_id", 0)
-    tok_dir, max_len = meta["tokenizer_dir"], meta.get("max_seq_length")
-  elif mc.get("init_from", "") and (load_weights or mc.get("backbone", "t5") != "t5" or not mc.get("t5", None)):
-    from instructor_jax.models import embedder
-    folder = hf.read_folder(embedder._resolve(mc.init_from))
-    cfg = hf.with_overrides(folder.config, **overrides)
-    out_features = None if folder.dense is None else int(folder.dense.shape[0])
-    normalize, pad_id, tok_dir, max_len = folder.normalize, 0, folder.model_dir, folder.max_seq_length
-    if load_weights:
-      params = hf.to_flax(folder.state, cfg, folder.dense, dtype=np.dtype(cfg.param_dtype))
-  elif mc.get("backbone", "t5") == "bert":
-    cfg = BertConfig.from_hf(dict(mc.bert), **overrides)
-    out_features, normalize, pad_id = mc.get("out_features", None), mc.get("normalize", True), 0
-    tok_dir = mc.get("tokenizer_dir", "")
+  params, max_len, pad_id = None, None, 0
+  backbone = mc.get("backbone", "t5")
+  if mc.get("init_checkpoint", "") or (
+      mc.get("init_from", "") and (load_weights or backbone != "t5" or not mc.get("t5", None))):
+    key = "init_checkpoint" if mc.get("init_checkpoint", "") else "init_from"
+    src = _load_init(key, mc[key], params_dtype=overrides["param_dtype"] if load_weights else None, **overrides)
+    params = src.params if load_weights else None  # compile_only: shapes and meta only
+    cfg, out_features, normalize, pad_id = src.config, src.out_features, src.normalize, src.pad_id
+    tok_dir, max_len = src.tokenizer_dir, src.max_seq_length
+  elif backbone in registry.BACKBONES and mc.get(backbone, None) is not None:
+    cfg = registry.get(backbone).Config.from_hf(dict(mc[backbone]), **overrides)
+    out_features, normalize = mc.get("out_features", None), mc.get("normalize", True)
+    tok_dir = mc.get("tokenizer_dir", "") or (ASSETS_VOCAB if backbone == "t5" else "")
     if not tok_dir:
-      raise ValueError("config.model.tokenizer_dir: a random-init BERT needs the folder of a BERT (WordPiece) "
-                       "tokenizer; the bundled default vocabulary is T5's")
-  elif mc.get("backbone", "t5") == "t5":
-    cfg = T5Config.from_hf(dict(mc.t5), **overrides)
-    out_features, normalize, pad_id = mc.get("out_features", None), mc.get("normalize", True), 0
-    tok_dir = mc.get("tokenizer_dir", "") or ASSETS_VOCAB
+      raise errors.ConfigError(f"config.model.tokenizer_dir: a random-init {backbone} model needs the folder of its "
+                               "tokenizer; the bundled default vocabulary is T5's")
   else:
-    raise ValueError(f"config.model.backbone must be t5 or bert, got {mc.backbone!r}")
+    raise errors.ConfigError(f"config.model.backbone must be one of {', '.join(registry.BACKBONES)} (with a "
+                             f"config.model.<backbone> dict), got {backbone!r}")
   model = InstructorModel(cfg, out_features=out_features, normalize=normalize, pad_id=pad_id)
   return ModelSpec(model, params, tok_dir, max_len)
+
+
+def _load_init(key: str, path: str, **kw) -> loader.Loaded:
+  """``config.model.init_checkpoint`` (a workdir or ``WORKDIR/STEP``) or ``config.model.init_from`` (any folder or
+  hub id the loader reads); a missing path is a one-line ``ConfigError`` naming the key."""
+  path = os.fspath(path)
+  where = f"config.model.{key}: {path}"
+  if (key == "init_checkpoint" or loader.looks_local(path)) and not os.path.exists(path):
+    raise errors.ConfigError(f"{where}: no such folder")
+  if key == "init_checkpoint" and not checkpoints.is_checkpoint(path):
+    raise errors.ConfigError(f"{where}: not a training workdir or WORKDIR/STEP (a model folder goes in "
+                             "config.model.init_from)")
+  try:
+    return loader.load(path, **kw)
+  except FileNotFoundError as e:
+    raise errors.ConfigError(f"{where}: {e.strerror or e}") from None
 
 
 def init_variables(model: InstructorModel, rng, config):
@@ -105,7 +112,7 @@ def init_variables(model: InstructorModel, rng, config):
   tokens = jnp.zeros((1, 8), jnp.int32)
   tokens = tokens.at[:, 0].set(1)
   trainable = {"model": model.init({"params": rng}, tokens, jnp.zeros((1,), jnp.int32))["params"]}
-  if config.loss.get("learnable_temperature", False):
+  if config.loss.learnable_temperature:
     trainable["log_temperature"] = jnp.log(jnp.float32(config.loss.temperature))
   return trainable
 
@@ -114,20 +121,18 @@ def make_optimizer(config):
   """AdamW with linear warmup (``warmup_ratio``) then linear decay to 0 (HF ``linear`` schedule), clipping."""
   oc = config.optim
   total = int(config.num_train_steps)
-  warmup = int(math.ceil(oc.get("warmup_ratio", 0.0) * total)) if oc.get("warmup_steps", None) is None \
-      else int(oc.warmup_steps)
+  warmup = int(math.ceil(oc.warmup_ratio * total)) if oc.warmup_steps is None else int(oc.warmup_steps)
   lr = float(oc.learning_rate)
-  if oc.get("schedule", "linear") == "constant":
+  if oc.schedule == "constant":
     schedule = optax.constant_schedule(lr)
   else:
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.linear_schedule(lr, 0.0, max(total - warmup, 1))],
         [warmup])
   parts = []
-  if oc.get("grad_clip_norm", 0.0):
+  if oc.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(float(oc.grad_clip_norm)))
-  parts.append(optax.adamw(schedule, b1=oc.get("b1", 0.9), b2=oc.get("b2", 0.999), eps=oc.get("eps", 1e-8),
-                           weight_decay=float(oc.get("weight_decay", 0.0))))
+  parts.append(optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=float(oc.weight_decay)))
   return optax.chain(*parts), schedule
 
 
@@ -159,7 +164,7 @@ def create_state(spec: ModelSpec, tx, config, abstract, shardings):
   init_rng, train_rng = jax.random.split(rng)
   if spec.params is not None:
     trainable = {"model": spec.params}
-    if config.loss.get("learnable_temperature", False):
+    if config.loss.learnable_temperature:
       trainable["log_temperature"] = np.log(np.float32(config.loss.temperature))
     want = jax.tree.structure(abstract["params"])
     if jax.tree.structure(trainable) != want:
