@@ -64,7 +64,7 @@ def make_config(size: str, global_batch: int, query_length: int, doc_length: int
   c.num_train_steps = 1000
   c.optim.learning_rate = 1e-5
   c.optim.warmup_ratio = 0.0
-  c.data_source = "synthetic"
+  c.data.source = "synthetic"
   c.data.pack = False  # the PyTorch re-statement pads; bench/packing.py measures packed vs padded
   c.data.max_query_length = query_length
   c.data.max_doc_length = doc_length

@@ -14,9 +14,8 @@ Variants (``:VARIANT``) set the mesh and batch for a target; ``--compile_only`` 
 - ``v5e-64``: 64 TPU v5e chips (16 GiB), data x FSDP, batch 1024;
 - ``gpu8``: one host with 8 GPUs (e.g. H100 80 GiB), data parallel, batch 256.
 """
+import importlib.util
 import os
-
-import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,75 +43,33 @@ VARIANTS = {
 }
 
 
+def load_base():
+  """``configs/base.py`` (every key with its default), loaded by path."""
+  spec = importlib.util.spec_from_file_location("instructor_base_defaults", os.path.join(REPO, "configs", "base.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def make_config(size: str, variant: str = ""):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; one of {sorted(VARIANTS)}")
   mesh, batch, remat, chunk, devices = VARIANTS[variant][size]
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.num_train_steps = 20_000
+  c = load_base().get_config()
   c.global_batch_size = batch
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
-  c.async_checkpoints = True
   c.mesh_shape = mesh
   c.compile_devices = devices           # --compile_only device count when mesh_shape has a -1
-  c.logical_axis_rules = ()             # () = sharding.DEFAULT_RULES
   c.grad_cache_chunk = chunk            # queries per chunk (0 = off); a multiple of the data x fsdp shards
-  c.grad_cache_fsdp = "per_chunk"       # FSDP: parameters stay sharded in the chunk loop ("once": +2 copies)
-  c.peak_flops_per_device = 0.0         # 0 = known-chip table
-  c.debug_nan_step = -1
-  c.resume_allow_changes = ""       # resuming refuses run-altering config changes unless named here (KEY,KEY)
 
-  c.model = ml_collections.ConfigDict()
   c.model.init_from = f"sentence-transformers/gtr-t5-{size}"
-  c.model.init_checkpoint = ""
   c.model.t5 = dict(T5[size], relative_attention_num_buckets=32, relative_attention_max_distance=128,
                     dropout_rate=0.1, layer_norm_epsilon=1e-6, feed_forward_proj="relu")
   c.model.out_features = 768
-  c.model.normalize = True
-  c.model.tokenizer_dir = ""
   c.model.dtype = "bfloat16"            # compute; parameters, optimizer state, logits and loss stay fp32
-  c.model.param_dtype = "float32"
   c.model.remat = remat
-  c.model.attention = "xla"             # "cudnn" on GPU hosts: fused attention, no attention-prob dropout (t5.py)
   c.model.dropout_rate = 0.1
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.variant = "instructor"
-  c.loss.temperature = 0.01
-  c.loss.learnable_temperature = False
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 2e-5
-  c.optim.warmup_ratio = 0.1
-  c.optim.weight_decay = 0.0
-  c.optim.grad_clip_norm = 1.0
-
-  c.data_source = "medi"
-  c.data = ml_collections.ConfigDict()
   c.data.medi_path = os.path.join(REPO, "data", "medi-data.json")  # override: the MEDI json, or tfds_data_dir
-  c.data.tfds_data_dir = ""
-  c.data.source = "file"              # "file" (medi_path / tfds_data_dir), "prepared" or "seqio"
-  c.data.prepared = ""                # source=prepared: a folder written by `python -m instructor_jax.data prepare`
-  c.data.mixture_or_task = "medi"     # source=seqio: a registered seqio Task or Mixture (medi: $MEDI_PATH)
-  c.data.seqio_modules = "tasks.medi" # source=seqio: modules imported to register it (comma-separated)
-  c.data.seqio_split = "train"
-  c.data.max_query_length = 512
-  c.data.max_doc_length = 512
-  c.data.num_negatives = 1
-  c.data.pack = True                 # each step's sequences packed into rows of pack_length tokens (packing.py)
-  c.data.pack_length = 0             # 0 = max(max_query_length, max_doc_length)
-  c.data.pack_max_segments = 0       # sequences per row at most; 0 = pack_length // 8
-  c.data.pack_buckets_per_octave = 8 # rows per step rounded up to a ladder of this many sizes per doubling
-  c.data.sampling = "proportional"
-  c.data.temperature = 1.0
-  c.data.small_tasks = "drop"
-  c.data.dedup_positives = True
-  c.data.strict = False
-  c.data.skip_invalid = True
-  c.data.max_invalid_fraction = 0.01  # with skip_invalid: more invalid records than this fails the load
   return c
 
 

@@ -37,7 +37,6 @@ def get_config():
   c.model.init_from = minilm_dir()   # required: a BERT / T5 sentence-transformers folder
   c.model.t5 = None                  # the architecture comes from init_from's config.json
   c.model.out_features = None
-  c.model.dtype = "float32"
   c.model.dropout_rate = None        # the model's own (0.1 for MiniLM)
 
   c.loss.temperature = 0.05
@@ -45,7 +44,6 @@ def get_config():
   c.optim.warmup_ratio = 0.1
   c.optim.weight_decay = 0.01
 
-  c.data.medi_path = os.path.join(REPO, "tests", "fixtures", "medi", "medi_small.json")
   c.data.max_query_length = 32
   c.data.max_doc_length = 64
   c.data.num_negatives = 1

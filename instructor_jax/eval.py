@@ -7,14 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
 from instructor_jax.core import cli, errors
 from instructor_jax.evaluation import local, runner
-from instructor_jax.evaluation.encoder import InstructorEncoder
-from instructor_jax.evaluation.runner import _local_tasks, _offline, list_tasks, run, select_mteb_tasks, write_summary
+from instructor_jax.evaluation.runner import list_tasks
 
 def _main(args) -> int:
   p = argparse.ArgumentParser(prog="python -m instructor_jax.eval", description=runner.__doc__,
@@ -39,51 +37,26 @@ def _main(args) -> int:
   p.add_argument("--help-formats", action="store_true", help="print the local data layouts and exit")
   args = p.parse_args(args)
   if args.help_formats:
-    print(local.__doc__)
+    print(local.FORMATS)
     return 0
   if args.model_name and "/" not in args.model_name:
     p.error(f"--model-name {args.model_name!r}: expected org/name")
   specs = [s.strip() for s in (args.tasks or "").split(",") if s.strip()]
-  try:
-    if args.list_tasks:
+  if args.list_tasks:
+    try:
       return list_tasks(args)
-    if not args.model:
-      p.error("--model is required")
-    if not args.data_dir and not specs:
-      p.error("give --data-dir (offline) or --tasks (MTEB)")
-    selected = _local_tasks(args, specs) if args.data_dir else [(None, t) for t in select_mteb_tasks(specs)]
-    task_instructions = {lt.name: lt.instructions for lt, _ in selected if lt and lt.instructions}
-    cache_dir = None if (args.cache_dir or "").lower() == "none" else (
-        args.cache_dir or os.path.join(args.output, ".embedding_cache"))
-    encoder = InstructorEncoder.from_pretrained(
-        args.model, backend=args.backend, max_length=args.max_length, dtype=args.dtype,
-        instructions=args.instructions, no_instructions=args.no_instructions, task_instructions=task_instructions,
-        cache_dir=cache_dir, batch_size=args.batch_size, name=args.model_name)
-  except ValueError as e:  # bad data, model, instructions: one line
-    raise errors.DataError(cli.one_line(e)) from e
-  try:
-    os.makedirs(args.output, exist_ok=True)
-    meta = encoder.mteb_model_meta
-    print(f"model {meta.name} revision {meta.revision} ({args.backend}, max_length {args.max_length}); results in "
-          f"{os.path.join(args.output, 'results')}")
-    rows, failed = run(encoder, selected, args.output, args.batch_size)
-    for task, err in failed:
-      hint = ("; offline (HF_HUB_OFFLINE): only task data already in the Hugging Face cache loads, evaluate local "
-              "copies with --data-dir (--help-formats)") if _offline() and not args.data_dir else ""
-      print(f"error: {task}: {err}{hint}", file=sys.stderr)
-    if rows:
-      info = {"name": meta.name, "revision": meta.revision, "backend": args.backend, "instructions": "none" if
-              args.no_instructions else encoder.instructions.table_name, "max_length": args.max_length,
-              "dtype": args.dtype}
-      print(write_summary(rows, args.output, args.model, info, failed))
-    print(f"embedding cache: {encoder.cache.hits} hits, {encoder.cache.misses} misses")
-    if failed:
-      print(f"error: {len(failed)} of {len(selected)} task(s) failed: {', '.join(t for t, _ in failed)}"
-            + ("" if rows else "; no summary written"), file=sys.stderr)
-      return 1
-    return 0
-  finally:
-    encoder.close()
+    except ValueError as e:
+      raise errors.DataError(cli.one_line(e)) from e
+  if not args.model:
+    p.error("--model is required")
+  if not args.data_dir and not specs:
+    p.error("give --data-dir (offline) or --tasks (MTEB)")
+  result = runner.evaluate(args.model, data_dir=args.data_dir, output=args.output, tasks=specs, split=args.split,
+                           max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype,
+                           backend=args.backend, instructions=args.instructions,
+                           no_instructions=args.no_instructions, model_name=args.model_name,
+                           cache_dir=args.cache_dir)
+  return 1 if result["failed"] else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from instructor_jax.core import cli
+from instructor_jax.core import cli, log
 from instructor_jax.storage import checkpoints
 from instructor_jax.storage import workdir as workdir_lib
 from instructor_jax.training import run_config
@@ -45,13 +45,39 @@ def _parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    raise run_config.ConfigError(cli.one_line(e)) from None
+    text = cli.one_line(e)
+    if "Error whilst parsing config file" in text:  # get_config raised: its last line says why
+      text = f"{text.split(':', 1)[0]}: {text.rstrip().rsplit('^', 1)[-1].strip()}"
+    raise run_config.ConfigError(text) from None
+  except OSError as e:  # --config FILE that cannot be read (ml_collections' message names the module, not FILE)
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+      spec = argv[argv.index("--config") + 1]
+    raise run_config.ConfigError(f"--config {spec}: cannot load the config file "
+                                 f"({cli.one_line(e.__cause__ or e).splitlines()[0]})") from None
+  except (AttributeError, KeyError) as e:  # --config.KEY=VALUE naming a key the config does not have
+    key = str(e).strip("\"'")
+    raise run_config.ConfigError(f"--config.{key}: no such config key (--print_config lists them)") from None
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  sys.exit(cli.run(lambda _: run(_CONFIG.value), ["--debug"] if FLAGS.debug else []))
+  sys.exit(cli.run(lambda _: run(_config()), ["--debug"] if FLAGS.debug else []))
+
+
+def _config() -> ml_collections.ConfigDict:
+  """``--config``'s ConfigDict; a file that could not be loaded (ml_collections defers that error to the first
+  read) is a one-line ``ConfigError``."""
+  config = _CONFIG.value
+  try:
+    config.keys()
+  except OSError as e:
+    spec = FLAGS["config"].serialize().split("=", 1)[-1]
+    path = spec.split(":", 1)[0]
+    why = "no such file" if not os.path.isfile(path) else cli.one_line(e).split(" Attempted")[0]
+    raise run_config.ConfigError(f"--config {spec}: cannot load the config file ({why})") from None
+  return config
 
 
 def print_config(config, prefix: str = "") -> None:
@@ -76,9 +102,11 @@ def run(config) -> None:
   run_config.validate(config)
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
+  if not FLAGS.compile_only:
+    workdir_lib.check_writable(FLAGS.workdir)  # before any step: a save would fail there otherwise
   if FLAGS.compile_only:
     # Must happen before the backend starts: fake CPU devices for the target mesh.
-    n = FLAGS.compile_devices or int(config.get("compile_devices", 0) or 0)
+    n = FLAGS.compile_devices or int(config.compile_devices)
     if not n:
       if -1 in tuple(config.mesh_shape):
         raise app.UsageError("--compile_only with a -1 in mesh_shape needs --compile_devices N")
@@ -90,16 +118,16 @@ def run(config) -> None:
   if FLAGS.compile_only:
     train(config, FLAGS.workdir, compile_only=True)
     return
-  with workdir_lib.WorkdirLock(FLAGS.workdir, log=lambda m: print(m, file=sys.stderr, flush=True)):
+  with workdir_lib.WorkdirLock(FLAGS.workdir, log=log.info):
     try:
       train(config, FLAGS.workdir)
     except (run_config.ConfigError, checkpoints.CheckpointError):
       raise  # rerunning as is would fail the same way
     except BaseException:
       step = checkpoints.latest_step(FLAGS.workdir)
-      if jax.process_index() == 0 and step is not None:
-        print(f"stopped; the newest checkpoint is {os.path.abspath(FLAGS.workdir)}/{step}. To resume: "
-              f"{workdir_lib.resume_command()}", file=sys.stderr, flush=True)
+      if step is not None:
+        log.info(f"stopped; the newest checkpoint is {os.path.abspath(FLAGS.workdir)}/{step}. To resume: "
+                 f"{workdir_lib.resume_command()}")
       raise
     finish(config, FLAGS.workdir)
 

@@ -1,4 +1,4 @@
-"""A tiny variant of configs/demo.py for tests: synthetic tokens, d_model 32, 2 layers, short sequences.
+"""A tiny variant of configs/demo.py for tests: synthetic tokens, d_model 32, 1 layer, short sequences.
 
     python -m instructor_jax.train --config tests/tiny_config.py --workdir DIR [--config.key=value ...]
 """
@@ -23,7 +23,7 @@ def get_config():
                     layer_norm_epsilon=1e-6, feed_forward_proj="relu")
   c.model.out_features = 32
   c.optim.learning_rate = 1e-3
-  c.data_source = "synthetic"
+  c.data.source = "synthetic"
   c.data.max_query_length = 12
   c.data.max_doc_length = 16
   c.data.num_negatives = 2

@@ -20,7 +20,7 @@ from instructor_jax.core.errors import DataError
 from instructor_jax.data import prepared
 from instructor_jax.data.features import Featurizer, MediIndex
 from instructor_jax.data.sampling import SAMPLING, Sampler, host_batch_size
-from instructor_jax.data.stream import DEFAULTS
+from instructor_jax.data.stream import data_defaults
 from instructor_jax.data.tokenization import T5_VOCAB
 
 def _preview(args) -> int:
@@ -63,15 +63,15 @@ def _load_config(spec: str):
 
 def _config_tokenizer(config) -> str:
   """The tokenizer folder training with ``config`` uses, without building the model (``state.build_model``)."""
-  mc = config.get("model", {})
-  if mc.get("init_checkpoint", ""):
+  mc = config.model
+  if mc.init_checkpoint:
     return os.path.join(mc.init_checkpoint, "tokenizer")
-  if mc.get("init_from", "") and os.path.isdir(mc.init_from):
+  if mc.init_from and os.path.isdir(mc.init_from):
     return mc.init_from
-  if mc.get("init_from", ""):
+  if mc.init_from:
     raise DataError(f"config.model.init_from={mc.init_from!r} is not a local folder: pass its tokenizer folder "
                     f"with --tokenizer")
-  return mc.get("tokenizer_dir", "") or T5_VOCAB
+  return mc.tokenizer_dir or T5_VOCAB
 
 
 def _prepare(args) -> int:
@@ -84,10 +84,10 @@ def _prepare(args) -> int:
     return 0
   if not args.out:
     raise DataError("prepare needs --out DIR (token shards, the default) or --data-dir DIR (TFDS text shards)")
-  opts = dict(DEFAULTS, tokenizer="")
+  opts = dict(data_defaults(), tokenizer="")
   if args.config:
     config = _load_config(args.config)
-    opts.update({k: v for k, v in dict(config.get("data", {})).items() if k in opts})
+    opts.update({k: v for k, v in config.data.to_dict().items() if k in opts})
     opts["tokenizer"] = _config_tokenizer(config)
   for key in ("medi_path", "tokenizer", "max_query_length", "max_doc_length", "num_negatives",
               "max_invalid_fraction"):
@@ -122,9 +122,9 @@ def _main(args) -> int:
   pv.add_argument("--process-count", type=int, default=1, help="hosts sharing each global batch")
   pv.add_argument("--process-index", type=int, default=0, help="which host's rows to print (0-based)")
   pv.add_argument("--seed", type=int, default=0, help="config.seed: the stream is a pure function of (seed, step)")
-  pv.add_argument("--sampling", choices=SAMPLING, default=DEFAULTS["sampling"],
+  pv.add_argument("--sampling", choices=SAMPLING, default=data_defaults()["sampling"],
                   help="how the step's task is drawn (config.data.sampling)")
-  pv.add_argument("--temperature", type=float, default=DEFAULTS["temperature"],
+  pv.add_argument("--temperature", type=float, default=data_defaults()["temperature"],
                   help="task-size temperature for --sampling temperature (config.data.temperature)")
   pv.add_argument("--dedup-positives", action="store_true", help="no positive twice in a batch "
                   "(config.data.dedup_positives)")

@@ -48,11 +48,20 @@ from instructor_jax.data.sampling import Sampler, check_step, host_batch_size
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("file", "prepared", "seqio")
-DEFAULTS = dict(source="file", medi_path="", tfds_data_dir="", prepared="", mixture_or_task="medi",
-                seqio_modules="tasks.medi", seqio_split="train", max_query_length=512, max_doc_length=512,
-                num_negatives=1, sampling="proportional", temperature=2.0, small_tasks="drop",
-                dedup_positives=False, strict=False, skip_invalid=False, max_invalid_fraction=0.01)
+SOURCES = ("file", "prepared", "seqio")  # what load_index reads; config.data.source may also be "synthetic"
+BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "configs", "base.py")
+
+
+@functools.lru_cache(maxsize=1)
+def data_defaults() -> dict:
+  """``config.data`` of ``configs/base.py``, the one place data defaults live (the data CLI's flag defaults, and
+  the keys a partial data config given to ``from_config`` leaves out)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("instructor_base_defaults", BASE_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return dict(module.get_config().data.to_dict())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -60,11 +69,10 @@ DEFAULTS = dict(source="file", medi_path="", tfds_data_dir="", prepared="", mixt
 
 
 def _cfg(cfg: Any, key: str):
-  if cfg is None:
-    return DEFAULTS[key]
-  if isinstance(cfg, Mapping):
-    return cfg.get(key, DEFAULTS[key])
-  return cfg.get(key, DEFAULTS[key]) if hasattr(cfg, "get") else getattr(cfg, key, DEFAULTS[key])
+  """``cfg[key]`` of a data config (a ConfigDict or a dict); a key it leaves out takes ``configs/base.py``'s."""
+  if cfg is not None and key in cfg:
+    return cfg[key]
+  return data_defaults()[key]
 
 
 def load_index(cfg, featurizer, tokenizer_dir: str = ""):
@@ -298,8 +306,8 @@ class SyntheticStream:
 
 def make_stream(config, tokenizer_dir: str, vocab_size: int, packer: Optional[packing.Packer] = None,
                 process_index: int = 0, process_count: int = 1):
-  """The trainer's stream: ``config.data_source`` ``"medi"`` (``TrainStream``) or ``"synthetic"``."""
-  if config.get("data_source", "medi") == "synthetic":
+  """The trainer's stream: ``config.data.source`` ``"synthetic"`` (random tokens), else ``TrainStream``."""
+  if config.data.source == "synthetic":
     return SyntheticStream(config.data, vocab_size, config.global_batch_size, config.seed, process_index,
                            process_count, packer)
   return TrainStream.from_config(config.data, tokenizer_dir, config.global_batch_size, config.seed, process_index,

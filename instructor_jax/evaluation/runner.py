@@ -36,7 +36,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from instructor_jax.core import log
 from instructor_jax.evaluation import local, model as model_lib
+from instructor_jax.storage import files
 from instructor_jax.evaluation.encoder import Instructions, InstructorEncoder, load_instruction_table
 
 load_embedder = model_lib.load_embedder  # (embedder, ModelInfo, d_model, cleanup): the demo test and test_bert use it
@@ -116,9 +118,66 @@ def list_tasks(args, out=print) -> int:
 
 
 def _local_tasks(args, specs):
-  found = local.discover(args.data_dir, args.split, note=lambda m: print(f"note: {m}", file=sys.stderr))
-  found = local.select(found, specs) if specs else found
-  return [(t, t.build()) for t in found]  # read every file before the model is loaded
+  return local_tasks(args.data_dir, args.split, specs)
+
+
+def local_tasks(data_dir: str, split: str = "test", specs: Sequence[str] = ()) -> list:
+  """``[(local task, mteb task)]`` of the task folder(s) in ``data_dir`` (``specs`` filters them); every file is
+  read here, before the model is loaded."""
+  found = local.discover(data_dir, split, note=lambda m: log.info(f"note: {m}"))
+  found = local.select(found, list(specs)) if specs else found
+  return [(t, t.build()) for t in found]
+
+
+def evaluate(model: str, *, data_dir: str | None = None, output: str, tasks: Sequence[str] = (), split: str = "test",
+             max_length: int = 512, batch_size: int = 32, dtype: str = "float32", backend: str = "jax",
+             instructions: str | None = None, no_instructions: bool = False, model_name: str | None = None,
+             cache_dir: str | None = None, say=print) -> dict:
+  """Evaluates ``model`` (an orbax workdir[/STEP], an exported / HF folder or a hub id) on the local task folders
+  of ``data_dir`` (``tasks`` filters them) or on the MTEB ``tasks``; writes MTEB's results and the summary to
+  ``output``. Returns ``{"rows", "failed": [(task, error)], "summary": markdown or None, "output"}``.
+  ``cache_dir``: None = ``OUTPUT/.embedding_cache``, ``"none"`` = no cache."""
+  from instructor_jax.core import cli, errors
+  specs = [t.strip() for t in tasks if t.strip()]
+  if not data_dir and not specs:
+    raise errors.ConfigError("evaluate needs data_dir (offline task folders) or tasks (MTEB)")
+  try:
+    selected = local_tasks(data_dir, split, specs) if data_dir else [(None, t) for t in select_mteb_tasks(specs)]
+    task_instructions = {lt.name: lt.instructions for lt, _ in selected if lt and lt.instructions}
+    cache_dir = None if (cache_dir or "").lower() == "none" else (
+        cache_dir or os.path.join(output, ".embedding_cache"))
+    encoder = InstructorEncoder.from_pretrained(
+        model, backend=backend, max_length=max_length, dtype=dtype, instructions=instructions,
+        no_instructions=no_instructions, task_instructions=task_instructions, cache_dir=cache_dir,
+        batch_size=batch_size, name=model_name)
+  except errors.UserError:
+    raise
+  except ValueError as e:  # bad data, model, instructions: one line
+    raise errors.DataError(cli.one_line(e)) from e
+  try:
+    os.makedirs(output, exist_ok=True)
+    meta = encoder.mteb_model_meta
+    say(f"model {meta.name} revision {meta.revision} ({backend}, max_length {max_length}); results in "
+        f"{os.path.join(output, 'results')}")
+    rows, failed = run(encoder, selected, output, batch_size, log=say)
+    for task, err in failed:
+      hint = ("; offline (HF_HUB_OFFLINE): only task data already in the Hugging Face cache loads, evaluate local "
+              "copies with --data-dir (--help-formats)") if _offline() and not data_dir else ""
+      log.info(f"error: {task}: {err}{hint}")
+    summary = None
+    if rows:
+      info = {"name": meta.name, "revision": meta.revision, "backend": backend,
+              "instructions": "none" if no_instructions else encoder.instructions.table_name,
+              "max_length": max_length, "dtype": dtype}
+      summary = write_summary(rows, output, model, info, failed)
+      say(summary)
+    say(f"embedding cache: {encoder.cache.hits} hits, {encoder.cache.misses} misses")
+    if failed:
+      log.info(f"error: {len(failed)} of {len(selected)} task(s) failed: {', '.join(t for t, _ in failed)}"
+               + ("" if rows else "; no summary written"))
+    return {"rows": rows, "failed": failed, "summary": summary, "output": output}
+  finally:
+    encoder.close()
 
 
 def save_result(result, encoder: InstructorEncoder, cache, encode_kwargs: Mapping) -> str:
@@ -198,9 +257,8 @@ def write_summary(rows: list[dict], output: str, model: str, meta: Mapping[str, 
   if failed:
     lines += ["", "Failed (not averaged): " + ", ".join(f"{t} ({e})" for t, e in failed)]
   md = "\n".join(lines) + "\n"
-  with open(os.path.join(output, "summary.md"), "w", encoding="utf-8") as f:
-    f.write(md)
-  with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump({"model": model, **meta, "tasks": rows, "type_averages": averages, "average": overall,
-               "failed": [{"task": t, "error": e} for t, e in failed]}, f, indent=2)
+  files.write_text(os.path.join(output, "summary.md"), md)
+  files.write_json(os.path.join(output, "summary.json"), {
+      "model": model, **meta, "tasks": rows, "type_averages": averages, "average": overall,
+      "failed": [{"task": t, "error": e} for t, e in failed]})
   return md

@@ -29,6 +29,8 @@ Public API for other stages (conversion / export):
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -226,7 +228,23 @@ class Checkpointer:
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train),
         data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta))
-    return self.mgr.save(step, args=args, force=force)
+    with self._writing(step):
+      return self.mgr.save(step, args=args, force=force)
+
+  @contextlib.contextmanager
+  def _writing(self, step=None):
+    """A save that fails for the disk (full, quota, read-only, permissions) becomes one line naming the workdir;
+    the steps already on disk are intact (orbax writes a step to a temporary folder and renames it when done)."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 -- orbax wraps the OSError of its writer threads
+      cause = _os_error(e)
+      if cause is None:
+        raise
+      what = f"step {step}" if step is not None else "a checkpoint"
+      hint = " (the disk is full: free space on it" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else " ("
+      raise CheckpointError(f"cannot save {what} to {self.workdir}: {cause.strerror or cause}{hint}then rerun "
+                            f"the same command to resume from the newest checkpoint, {self.latest_step()})") from e
 
   def restore(self, step: int, abstract_params, abstract_train):
     """Restores and verifies ``(params, train, data_state, meta)`` of ``step`` onto the shardings of the abstract
@@ -305,11 +323,25 @@ class Checkpointer:
     self.mgr.reload()
 
   def wait(self):
-    self.mgr.wait_until_finished()
+    with self._writing():
+      self.mgr.wait_until_finished()
 
   def close(self):
-    self.mgr.wait_until_finished()
+    with self._writing():
+      self.mgr.wait_until_finished()
     self.mgr.close()
+
+
+def _os_error(e: BaseException) -> OSError | None:
+  """The OSError of the disk behind ``e`` (itself, its cause or context), or None."""
+  seen = 0
+  while e is not None and seen < 10:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+      return e
+    if "No space left on device" in str(e):
+      return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return None
 
 
 def is_checkpoint(path: str) -> bool:

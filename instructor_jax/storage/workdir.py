@@ -188,6 +188,26 @@ class WorkdirLock:
     self.release()
 
 
+def check_writable(workdir: str) -> None:
+  """At start, before any step: ``workdir`` has a UTF-8 path (orbax / tensorstore need one), is a folder (made if
+  missing) and can be written; else a one-line ``UserError`` naming it."""
+  try:
+    os.fsdecode(os.fsencode(workdir)).encode("utf-8")
+  except UnicodeError:
+    raise UserError(f"--workdir {workdir!r}: the path is not valid UTF-8 (checkpoints need a UTF-8 path); "
+                    f"choose another name") from None
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir}: exists and is not a folder")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write-probe-{uuid.uuid4().hex}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"--workdir {workdir}: cannot write there ({e.strerror or e})") from None
+
+
 def resume_command() -> str:
   """The command line of this run (``python -m instructor_jax.train ...``): rerunning it resumes."""
   return shlex.join(["python", "-m", "instructor_jax.train", *sys.argv[1:]])
@@ -211,6 +231,7 @@ class PreemptionGuard:
   def _handle(self, signum, frame):
     name = signal.Signals(signum).name
     if signum == signal.SIGINT and self._flag.is_set():
+      signal.signal(signal.SIGINT, signal.SIG_IGN)  # no third Ctrl-C traceback while threads wind down
       raise KeyboardInterrupt
     self.signal_name = self.signal_name or name
     self._flag.set()

@@ -1,7 +1,7 @@
-"""After a complete training run: evaluate the final checkpoint and export it (``train.run`` calls ``finish``).
+"""After a complete run: evaluate the final checkpoint, then export it (``train.run`` calls ``finish``).
 
-A stage of its own so ``train.py`` keeps setup, the loop and checkpoints; the work itself is the ``eval`` and
-``convert`` CLIs, called as a user would.
+Only a run that reached ``num_train_steps`` finishes; a stopped one (SIGTERM) skips both, and rerunning the same
+workdir finishes it.
 """
 from __future__ import annotations
 
@@ -10,44 +10,42 @@ import os
 import jax
 import ml_collections
 
+from instructor_jax.core import errors, log
 from instructor_jax.storage import checkpoints
 
 
 def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """After a *complete* run, on process 0: evaluate (``config.eval.data_dir``) and export (``config.export``).
-
-  Evaluation reads the final orbax checkpoint (``python -m instructor_jax.eval --model WORKDIR --data-dir ...``,
-  results in ``WORKDIR/eval``); the export (``python -m instructor_jax.convert to-hf``, a verified
-  sentence-transformers folder, ``WORKDIR/export`` by default) carries those results in its model card. Runs that
-  stopped early (SIGTERM) skip both; a rerun of the same workdir finishes them.
-  """
-  if jax.process_index() != 0:
-    return
-  eval_cfg, export_cfg = config.get("eval", None), config.get("export", None)
-  if not ((eval_cfg and eval_cfg.get("data_dir")) or (export_cfg and export_cfg.get("enabled"))):
+  """On process 0: evaluate (``config.eval.data_dir``; results in ``WORKDIR/eval``) and export (``config.export``:
+  a verified sentence-transformers folder, ``WORKDIR/export`` by default, whose model card carries the scores)."""
+  if jax.process_index() != 0 or not (config.eval.data_dir or config.export.enabled):
     return
   workdir = os.path.abspath(workdir)
   latest = checkpoints.latest_step(workdir)
   if latest != int(config.num_train_steps):
-    print(f"run stopped at step {latest} of {config.num_train_steps}: skipping evaluation and export", flush=True)
+    log.info(f"run stopped at step {latest} of {config.num_train_steps}: skipping evaluation and export")
     return
-  from instructor_jax.export import convert
-  from instructor_jax.evaluation import runner as evaluate
-  eval_out = None
-  if eval_cfg and eval_cfg.get("data_dir"):
-    eval_out = os.path.join(workdir, "eval")
-    args = ["--model", workdir, "--data-dir", eval_cfg.data_dir, "--output", eval_out,
-            "--max-length", str(config.data.max_doc_length)]
-    if eval_cfg.get("no_instructions", False):
-      args.append("--no-instructions")
-    if evaluate.main(args) != 0:
-      raise SystemExit(f"evaluation of {workdir} failed")
-  if export_cfg and export_cfg.get("enabled"):
-    out = export_cfg.get("out_dir") or os.path.join(workdir, "export")
-    args = ["to-hf", "--checkpoint", workdir, "--out", out, "--overwrite"]
-    if export_cfg.get("legacy_instructor", False):
-      args.append("--legacy-instructor")
-    if eval_out:
-      args += ["--eval-results", eval_out]
-    if convert.main(args) != 0:  # it prints where the export is and how to load it
-      raise SystemExit(f"export of {workdir} to {out} failed")
+  eval_out = evaluate(config, workdir) if config.eval.data_dir else None
+  if config.export.enabled:
+    export(config, workdir, eval_out)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Evaluates the final checkpoint on ``config.eval.data_dir``; returns the results folder."""
+  from instructor_jax.evaluation import runner
+  out = os.path.join(workdir, "eval")
+  result = runner.evaluate(workdir, data_dir=config.eval.data_dir, output=out,
+                           max_length=int(config.data.max_doc_length), no_instructions=config.eval.no_instructions)
+  if result["failed"]:
+    raise errors.DataError(f"evaluation of {workdir} failed: "
+                           + "; ".join(f"{task}: {err}" for task, err in result["failed"]))
+  return out
+
+
+def export(config: ml_collections.ConfigDict, workdir: str, eval_out: str | None) -> str:
+  """Exports the final checkpoint (verified) to ``config.export.out_dir`` (default ``WORKDIR/export``)."""
+  from instructor_jax.export import to_hf
+  out = to_hf.export_model(config.export.out_dir or os.path.join(workdir, "export"), checkpoint=workdir,
+                           legacy=config.export.legacy_instructor, eval_results_path=eval_out, overwrite=True)
+  log.info(f"exported {workdir} to {out}: load it with sentence_transformers.SentenceTransformer({out!r}) or "
+           f"instructor_jax.Instructor.from_pretrained({out!r})")
+  return out

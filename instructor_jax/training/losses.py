@@ -77,6 +77,6 @@ def contrastive_loss(q, p, n, temperature, variant: str = "instructor"):
 
 def temperature_value(params_extra, config_loss):
   """The temperature: fixed ``config.loss.temperature`` or ``exp(log_temperature)`` when learnable."""
-  if config_loss.get("learnable_temperature", False):
+  if config_loss.learnable_temperature:
     return jnp.exp(params_extra["log_temperature"].astype(jnp.float32))
   return jnp.float32(config_loss.temperature)

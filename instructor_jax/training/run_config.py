@@ -55,7 +55,7 @@ def _operational(key: str) -> bool:
 
 
 def allowed_changes(config) -> set:
-  raw = str(config.get("resume_allow_changes", "") or "")
+  raw = str(config.resume_allow_changes or "")
   return {k.strip() for k in raw.split(",") if k.strip()}
 
 
@@ -67,8 +67,8 @@ def resume_changes(stored: Mapping[str, Any] | None, config) -> tuple[dict, dict
   old, new = flatten(stored), flatten(config)
   allowed = allowed_changes(config)
   accepted, refused = {}, {}
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+  for key in sorted(set(old) & set(new)):  # a key only one side has was added or renamed (data_source)
+    a, b = old[key], new[key]
     if a == b or _operational(key):
       continue
     grows = key == "num_train_steps" and isinstance(a, int) and isinstance(b, int) and b > a
@@ -162,7 +162,6 @@ def validate(config) -> None:
     _number(config, key, low=0, high=1, high_open=True, optional=True)
   _number(config, "optim.eps", low=0, low_open=True, optional=True)
   _choice(config, "optim.schedule", ("linear", "constant"), optional=True)
-  _choice(config, "data_source", ("medi", "synthetic"), optional=True)
   for key in ("data.max_query_length", "data.max_doc_length"):
     _number(config, key, low=2, integer=True)
   _number(config, "data.num_negatives", low=0, integer=True)
@@ -176,18 +175,18 @@ def validate(config) -> None:
   _number(config, "data.pack_length", low=0, integer=True, optional=True)
   _number(config, "data.pack_max_segments", low=0, integer=True, optional=True)
   _number(config, "data.pack_buckets_per_octave", low=1, integer=True, optional=True)
-  _choice(config, "data.source", ("file", "prepared", "seqio"), optional=True)
-  source = _get(config, "data.source", "file") or "file"
-  if _get(config, "data_source", "medi") == "medi" and source == "prepared":
+  _choice(config, "data.source", ("file", "prepared", "seqio", "synthetic"))
+  source = _get(config, "data.source")
+  if source == "prepared":
     folder = _get(config, "data.prepared", "")
     if not folder:
       raise ConfigError("--config.data.prepared: empty (a folder written by `python -m instructor_jax.data prepare`)")
     if not os.path.isdir(folder):
       raise ConfigError(f"--config.data.prepared: no such folder: {folder}")
-  elif _get(config, "data_source", "medi") == "medi" and source == "seqio":
+  elif source == "seqio":
     if not _get(config, "data.mixture_or_task", ""):
       raise ConfigError("--config.data.mixture_or_task: empty (a registered seqio Task or Mixture, e.g. medi)")
-  elif _get(config, "data_source", "medi") == "medi":
+  elif source == "file":
     tfds_dir, path = _get(config, "data.tfds_data_dir", ""), _get(config, "data.medi_path", "")
     if tfds_dir:
       if not os.path.isdir(tfds_dir):

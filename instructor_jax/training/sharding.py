@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from instructor_jax.core.errors import ConfigError
+
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -45,16 +47,17 @@ def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int
   """Replaces one ``-1`` with the remaining devices; checks the product equals ``num_devices``."""
   shape = [int(s) for s in mesh_shape]
   if len(shape) != len(AXES):
-    raise ValueError(f"mesh_shape must have {len(AXES)} entries {AXES}, got {tuple(mesh_shape)}")
+    raise ConfigError(f"--config.mesh_shape must have {len(AXES)} entries {AXES}, got {tuple(mesh_shape)}")
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh_shape may have at most one -1 entry, got {tuple(mesh_shape)}")
+    raise ConfigError(f"--config.mesh_shape may have at most one -1 entry, got {tuple(mesh_shape)}")
   known = math.prod(s for s in shape if s != -1)
   if any(s == 0 or s < -1 for s in shape) or num_devices % known:
-    raise ValueError(f"mesh_shape {tuple(mesh_shape)} does not divide {num_devices} devices")
+    raise ConfigError(f"--config.mesh_shape {tuple(mesh_shape)} does not fit the {num_devices} available "
+                      f"device(s): its sizes must multiply to {num_devices} (one -1 takes the rest)")
   if -1 in shape:
     shape[shape.index(-1)] = num_devices // known
   if math.prod(shape) != num_devices:
-    raise ValueError(f"mesh_shape {tuple(mesh_shape)} -> {tuple(shape)} uses {math.prod(shape)} devices, "
+    raise ConfigError(f"--config.mesh_shape {tuple(mesh_shape)} -> {tuple(shape)} uses {math.prod(shape)} devices, "
                      f"but {num_devices} are available")
   return tuple(shape)
 
@@ -72,7 +75,7 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[Any] | None = None) -
 
 def rules_from_config(config) -> tuple:
   """``config.logical_axis_rules`` (a list of ``[name, axes]``) or the defaults."""
-  rules = config.get("logical_axis_rules", None)
+  rules = config.logical_axis_rules
   if not rules:
     return DEFAULT_RULES
   return tuple((name, tuple(ax) if isinstance(ax, (list, tuple)) else ax) for name, ax in rules)

@@ -240,7 +240,7 @@ class Packed:
 # ----------------------------------------------------------------------------------------------------------------
 def _score(trainable, embs, batch, inputs, config):
   tau = losses.temperature_value(trainable, config.loss)
-  return losses.contrastive_loss(*inputs.split(embs, batch), tau, config.loss.get("variant", "instructor"))
+  return losses.contrastive_loss(*inputs.split(embs, batch), tau, config.loss.variant)
 
 
 def plain_grads(model, inputs, config, mesh, trainable, batch, rng):
@@ -271,7 +271,7 @@ def gather_tables(model_params, auto_specs, axes, fsdp_once):
 def num_chunks(inputs, config, rows: int, shards: int) -> int:
   """Chunks of a step with ``rows`` rows: ``B / grad_cache_chunk`` padded; packed, the fewest equal chunks of at
   most ``inputs.chunk_rows`` rows (the packing ladder makes every row count split so)."""
-  chunk = int(config.get("grad_cache_chunk", 0) or 0)
+  chunk = int(config.grad_cache_chunk)
   if isinstance(inputs, Packed):
     k = -(-rows // inputs.chunk_rows)
     ok = rows % k == 0 and (rows // k) % shards == 0
@@ -288,7 +288,7 @@ def num_chunks(inputs, config, rows: int, shards: int) -> int:
 def grad_cache_grads(model, inputs, config, mesh, param_shardings, trainable, batch, rng):
   """GradCache over the global batch, gradients reduced over ``data`` once per step (see the module docstring)."""
   dropout = model.config.dropout_rate > 0
-  fsdp_once = config.get("grad_cache_fsdp", "per_chunk") == "once"
+  fsdp_once = config.grad_cache_fsdp == "once"
   rows = inputs.rows(batch)
   k = num_chunks(inputs, config, jax.tree.leaves(rows)[0].shape[0], sharding.num_batch_shards(mesh))
   # The manual axes (size-1 axes never are: nothing to reduce, and XLA rejects a one-device all-reduce next to
@@ -374,10 +374,10 @@ def grad_cache_grads(model, inputs, config, mesh, param_shardings, trainable, ba
 def make_train_step(model, tx, schedule, config, mesh, param_shardings, inputs):
   """``(step, grad_fn)``: ``step(state, batch) -> (state, metrics)``; ``grad_fn(trainable, batch, rng) ->
   (grads, metrics)`` (unjitted, for tests)."""
-  if config.get("grad_cache_fsdp", "per_chunk") not in ("per_chunk", "once"):
+  if config.grad_cache_fsdp not in ("per_chunk", "once"):
     raise ValueError(f"grad_cache_fsdp must be 'per_chunk' or 'once', got {config.grad_cache_fsdp!r}")
-  nan_step = int(config.get("debug_nan_step", -1))
-  if config.get("grad_cache_chunk", 0):
+  nan_step = int(config.debug_nan_step)
+  if config.grad_cache_chunk:
     grad_fn = functools.partial(grad_cache_grads, model, inputs, config, mesh, param_shardings)
   else:
     grad_fn = functools.partial(plain_grads, model, inputs, config, mesh)
@@ -394,7 +394,7 @@ def make_train_step(model, tx, schedule, config, mesh, param_shardings, inputs):
     params = optax.apply_updates(trainable, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = schedule(state["step"])
-    if config.loss.get("learnable_temperature", False):
+    if config.loss.learnable_temperature:
       metrics["temperature"] = jnp.exp(trainable["log_temperature"])
     real, real_sq, computed, computed_sq, _ = inputs.token_stats(batch)
     metrics.update(real_tokens=real, real_tokens_sq=real_sq, computed_tokens=computed,

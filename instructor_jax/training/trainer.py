@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructor_jax.storage import checkpoints
+from instructor_jax.storage import checkpoints, files
 from instructor_jax.data import stream as data
 from instructor_jax.training import metrics
 from instructor_jax.data import packing
@@ -75,13 +75,13 @@ def setup_distributed(distributed: bool, coordinator: str | None, num_processes:
 def make_packer(config, mesh, model_cfg) -> packing.Packer | None:
   """The step's ``packing.Packer`` (``config.data.pack``), or None for padded batches; checks the config."""
   dc = config.data
-  if not dc.get("pack", False):
+  if not dc.pack:
     return None
   longest = max(int(dc.max_query_length), int(dc.max_doc_length))
-  length = int(dc.get("pack_length", 0) or 0) or longest
+  length = int(dc.pack_length) or longest
   for key, low in (("pack_length", 0), ("pack_max_segments", 0), ("pack_buckets_per_octave", 1)):
-    if int(dc.get(key, low) or 0) < low:
-      raise ValueError(f"config.data.{key}={dc.get(key)} must be >= {low}")
+    if int(dc[key]) < low:
+      raise ValueError(f"config.data.{key}={dc[key]} must be >= {low}")
   if length < longest:
     raise ValueError(f"config.data.pack_length={length} is shorter than the longest allowed input "
                      f"(max_query_length={dc.max_query_length}, max_doc_length={dc.max_doc_length}); a sequence "
@@ -93,13 +93,13 @@ def make_packer(config, mesh, model_cfg) -> packing.Packer | None:
   shards, procs = sharding.num_batch_shards(mesh), jax.process_count()
   multiple = math.lcm(shards, procs)
   width = 2 + int(dc.num_negatives)
-  chunk = int(config.get("grad_cache_chunk", 0) or 0) * width  # rows per chunk: the padded chunk's sequences
+  chunk = int(config.grad_cache_chunk) * width  # rows per chunk: the padded chunk's sequences
   if chunk and chunk % multiple:
     raise ValueError(f"config.grad_cache_chunk x (2 + num_negatives) = {chunk} rows per chunk must be a multiple of "
                      f"{multiple} (the {shards} batch shards and {procs} processes)")
   return packing.Packer(length, config.global_batch_size * width, row_multiple=multiple,
-                        max_segments=int(dc.get("pack_max_segments", 0) or 0),
-                        buckets_per_octave=int(dc.get("pack_buckets_per_octave", 8)), max_chunk_rows=chunk,
+                        max_segments=int(dc.pack_max_segments),
+                        buckets_per_octave=int(dc.pack_buckets_per_octave), max_chunk_rows=chunk,
                         process_index=jax.process_index(), num_processes=procs)
 
 
@@ -198,7 +198,7 @@ def setup(config, mesh=None, load_weights: bool = True) -> Setup:
 
   p_step = jax.jit(traced_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
                    donate_argnums=0)
-  cfg, grad_cache = spec.model.config, bool(config.get("grad_cache_chunk", 0))
+  cfg, grad_cache = spec.model.config, bool(config.grad_cache_chunk)
   if packer is None:
     flops = step_lib.padded_flops(cfg, spec.model.out_features, shapes, grad_cache)
   else:
@@ -237,8 +237,7 @@ def compile_report(s: Setup, config, workdir: str) -> dict:
           f"temporaries {gib('temp_size_in_bytes'):.2f} GiB, peak estimate "
           f"{gib('peak_estimate_bytes_per_device'):.2f} GiB; written to {workdir}/compile_report.json", flush=True)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "compile_report.json"), "w") as f:
-      json.dump(report, f, indent=1)
+    files.write_json(os.path.join(workdir, "compile_report.json"), report, indent=1)
   return report
 
 
@@ -264,19 +263,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_only: bool = 
   is_main = jax.process_index() == 0
   guard = None if compile_only else workdir_lib.PreemptionGuard()  # early: a signal during setup also saves
   s = setup(config, load_weights=not compile_only)
-  mesh, spec, abstract, shardings = s.mesh, s.spec, s.abstract, s.shardings
   if is_main:
-    print(f"mesh: {sharding.describe(mesh)}", flush=True)
+    print(f"mesh: {sharding.describe(s.mesh)}", flush=True)
     if s.packer is not None:
       print(s.packer.describe(), flush=True)
   if compile_only:
     return compile_report(s, config, workdir)
 
-  os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)),
-                                  async_save=bool(config.get("async_checkpoints", True)))
-  log = (lambda m: print(m, flush=True)) if is_main else (lambda m: None)
-  # Compare configs before reading any array (a changed model shape would otherwise look like a damaged step).
+  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=int(config.keep_checkpoints),
+                                  async_save=bool(config.async_checkpoints))
+  state, start, stream, meta = restore_or_init(config, workdir, s, ckpt)
+  return loop(config, workdir, s, ckpt, guard, state, start, stream, meta)
+
+
+def restore_or_init(config, workdir: str, s: Setup, ckpt):
+  """``(state, start step, data stream, checkpoint meta)``: resumed from the newest intact checkpoint (its config
+  compared with this one first: a changed model shape would otherwise look like a damaged step), or fresh."""
+  spec, abstract, shardings = s.spec, s.abstract, s.shardings
+  log = (lambda m: print(m, flush=True)) if jax.process_index() == 0 else (lambda m: None)
   _, refused = run_config.resume_changes((ckpt.newest_meta() or {}).get("config"), config)
   if refused:
     raise run_config.ConfigError(run_config.refusal(workdir, refused))
@@ -308,15 +312,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_only: bool = 
   meta = dict(spec.meta(), config=json.loads(config.to_json_best_effort()), config_history=history)
   if meta.get("max_seq_length") is None:  # random init: the exported model truncates where training did
     meta["max_seq_length"] = max(int(config.data.max_query_length), int(config.data.max_doc_length))
-  model_cfg, out_features = spec.model.config, spec.model.out_features
-  del spec  # host copy of pretrained weights no longer needed
+  return state, start, stream, meta
+
+
+def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream, meta) -> dict | None:
+  """The steps ``start..num_train_steps``: prefetch -> step -> metrics -> checkpoints; a signal saves and stops."""
+  is_main = jax.process_index() == 0
+  log = (lambda m: print(m, flush=True)) if is_main else (lambda m: None)
+  mesh, abstract = s.mesh, s.abstract
+  model_cfg, out_features = s.spec.model.config, s.spec.model.out_features
+  s.spec.params = None  # host copy of pretrained weights no longer needed
 
   writer = metrics.MetricWriter(workdir, start)
   total = int(config.num_train_steps)
   every_log, every_ckpt = int(config.log_every_steps), int(config.checkpoint_every_steps)
-  peak = float(config.get("peak_flops_per_device", 0) or 0) or PEAK_FLOPS.get(
+  peak = float(config.peak_flops_per_device) or PEAK_FLOPS.get(
       next((k for k in PEAK_FLOPS if jax.devices()[0].device_kind.startswith(k)), ""), 0.0)
-  interval = metrics.Interval(model_cfg, out_features, bool(config.get("grad_cache_chunk", 0)),
+  interval = metrics.Interval(model_cfg, out_features, bool(config.grad_cache_chunk),
                               config.global_batch_size, peak, jax.device_count(),
                               config.global_batch_size * (2 + int(config.data.num_negatives)))
   compiler = StepCompiler(s.p_step, abstract, s.batch_shardings)
