@@ -12,11 +12,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT as REPO
+
 sys.path.insert(0, REPO)
 
 
+@pytest.mark.slow
 def test_tiny_suite_runs(tmp_path):
   out = tmp_path / "bench.json"
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_backend_optimization_level=0")
@@ -36,6 +39,7 @@ def test_tiny_suite_runs(tmp_path):
   assert "ratio jax/torch" in p.stdout
 
 
+@pytest.mark.slow
 def test_roofline_runs(tmp_path):
   """``python -m bench.roofline`` at toy size: every figure present, the ceiling is the product it documents."""
   out = tmp_path / "roofline.json"

@@ -22,7 +22,7 @@ import pytest
 import reference
 from instructor_jax.models import bert
 from instructor_jax.storage import checkpoints
-from instructor_jax.export import convert
+from instructor_jax.export import verify as verify_lib
 from instructor_jax.models import hf
 from instructor_jax.models.bert import BertConfig, BertEncoder
 from instructor_jax.models.embedder import Instructor
@@ -122,6 +122,7 @@ def test_config_round_trip_and_errors():
     hf.config_from_hf({**hf_cfg, "model_type": "roberta"})
 
 
+@pytest.mark.slow
 def test_training_machinery_remat_bf16_dropout_axes():
   import flax.linen as nn
   model = reference.random_bert_model(reference.tiny_bert_config(num_hidden_layers=1), seed=3)
@@ -211,6 +212,7 @@ def test_sentence_transformers_prompt_without_include_prompt(st_dir):
   assert differ and min(differ) > 1e-4
 
 
+@pytest.mark.slow
 def test_packed_rows_equal_unpacked_and_need_segment_positions(st_dir, monkeypatch):
   np.testing.assert_array_equal(
       np.asarray(bert.segment_positions(jnp.asarray([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]]))),
@@ -276,7 +278,7 @@ def test_export_keeps_the_sentence_transformers_layout(st_dir, dense_dir, tmp_pa
   reference.assert_same_folders(st_dir, out)  # HF -> JAX -> HF bit-exact, pooler included
   assert "pooler.dense.weight" in hf.read_folder(out).state
   ours = Instructor.from_pretrained(out, max_length=128).encode(reference.PAIRS)
-  st, comparable = convert.sentence_transformers_encode(out, reference.PAIRS, max_length=128)
+  st, comparable = verify_lib.sentence_transformers_encode(out, reference.PAIRS, max_length=128)
   assert np.abs(st[comparable] - ours[comparable]).max() <= 1e-5
   assert [reference.PAIRS[i][0] for i in np.flatnonzero(~comparable)] == ["   "]  # the one documented difference
   out2 = str(tmp_path / "dense")
@@ -328,6 +330,7 @@ def _bert_train_config(**model):
   return c
 
 
+@pytest.mark.slow
 def test_training_a_tiny_bert(st_dir, tmp_path):
   """init_from a BERT sentence-transformers folder (the quality experiment's path): 3 steps, checkpoint meta,
   export; random init from ``config.model.bert`` and init_checkpoint build the same model type."""

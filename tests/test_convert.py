@@ -12,7 +12,10 @@ import pytest
 
 from instructor_jax.core import errors
 from instructor_jax import convert as convert_cli
-from instructor_jax.export import convert
+from instructor_jax.export import folder as folder_lib
+from instructor_jax.export import verify as verify_lib
+from instructor_jax.export.to_hf import export_folder
+from instructor_jax.models import loader
 from instructor_jax.models import hf
 from instructor_jax.models.embedder import Instructor
 from reference import PAIRS, ReferenceInstructor, assert_same_folders, make_checkpoint
@@ -83,7 +86,7 @@ def test_loaders_agree_on_fixture_pairs(exports, reference, which):
 
 def test_sentence_transformers_prompt_matches_except_one_token_instructions(exports, reference):
   default, _ = exports
-  st, comparable = convert.sentence_transformers_encode(default, PAIRS, max_length=MAX_LEN)
+  st, comparable = verify_lib.sentence_transformers_encode(default, PAIRS, max_length=MAX_LEN)
   np.testing.assert_allclose(st[comparable], reference[comparable], atol=1e-5, rtol=0)
   one_token = [p for p, c in zip(PAIRS, comparable) if not c]
   assert one_token and all(isinstance(p, list) for p in one_token)
@@ -94,8 +97,9 @@ def test_sentence_transformers_prompt_matches_except_one_token_instructions(expo
 @pytest.mark.parametrize("proj,layout", [("relu", "instructor"), ("gated-gelu", "gtr"), ("relu", "t5")])
 def test_hf_jax_hf_bit_exact(tmp_path, proj, layout):
   src = make_checkpoint(str(tmp_path / "src"), proj, layout=layout, seed=2)
-  params, hf_config, normalize, tok, _ = convert.load_hf(src)
-  out = convert.export_folder(params, hf_config, str(tmp_path / "out"), tokenizer_dir=tok, normalize=normalize,
+  m = loader.load(src)
+  params, hf_config, normalize, tok = m.params, m.hf_config, m.normalize, m.tokenizer_dir
+  out = export_folder(params, hf_config, str(tmp_path / "out"), tokenizer_dir=tok, normalize=normalize,
                               log=lambda *a: None)
   assert_same_folders(src, out)
 
@@ -103,14 +107,15 @@ def test_hf_jax_hf_bit_exact(tmp_path, proj, layout):
 def test_bf16_params_export_as_fp32_and_half_option(tmp_path, src):
   import jax
   import ml_dtypes
-  params, hf_config, normalize, tok, _ = convert.load_hf(src)
+  m = loader.load(src)
+  params, hf_config, normalize, tok = m.params, m.hf_config, m.normalize, m.tokenizer_dir
   bf16 = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16), params)
-  out = convert.export_folder(bf16, hf_config, str(tmp_path / "fp32"), tokenizer_dir=tok, log=lambda *a: None,
+  out = export_folder(bf16, hf_config, str(tmp_path / "fp32"), tokenizer_dir=tok, log=lambda *a: None,
                               verify=False)  # checked bit for bit below
   got = hf.read_folder(out)
   want, _ = hf.from_flax(jax.tree.map(lambda x: np.asarray(x, np.float32), bf16), got.config)
   assert all(got.state[k].dtype == np.float32 and np.array_equal(got.state[k], want[k]) for k in want)
-  half = convert.export_folder(params, hf_config, str(tmp_path / "fp16"), tokenizer_dir=tok, dtype="float16",
+  half = export_folder(params, hf_config, str(tmp_path / "fp16"), tokenizer_dir=tok, dtype="float16",
                                log=lambda *a: None)
   from safetensors import safe_open
   with safe_open(os.path.join(half, "model.safetensors"), "pt") as f:
@@ -122,8 +127,9 @@ def _tmp_leftovers(parent):
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, src, monkeypatch):
-  params, hf_config, normalize, tok, _ = convert.load_hf(src)
-  real = convert._save_tensors
+  m = loader.load(src)
+  params, hf_config, normalize, tok = m.params, m.hf_config, m.normalize, m.tokenizer_dir
+  real = folder_lib._save_tensors
   calls = []
 
   def interrupted(*a, **k):
@@ -132,9 +138,9 @@ def test_interrupted_export_leaves_nothing(tmp_path, src, monkeypatch):
       raise KeyboardInterrupt
     return real(*a, **k)
 
-  monkeypatch.setattr(convert, "_save_tensors", interrupted)
+  monkeypatch.setattr(folder_lib, "_save_tensors", interrupted)
   with pytest.raises(KeyboardInterrupt):
-    convert.export_folder(params, hf_config, str(tmp_path / "out"), tokenizer_dir=tok, log=lambda *a: None)
+    export_folder(params, hf_config, str(tmp_path / "out"), tokenizer_dir=tok, log=lambda *a: None)
   assert os.listdir(tmp_path) == []
 
 
@@ -142,29 +148,31 @@ def test_verification_failure_exits_nonzero_and_keeps_previous(tmp_path, src, mo
   out = str(tmp_path / "out")
   assert convert_cli.main(["to-hf", "--model", src, "--out", out]) == 0
   before = open(os.path.join(out, "model.safetensors"), "rb").read()
-  real = convert.write_folder
+  real = folder_lib.write_folder
 
   def corrupt(folder, state, dense, *a, **k):  # a writer bug: a wrong Dense matrix
     return real(folder, state, dense * 1.01, *a, **k)
 
-  monkeypatch.setattr(convert, "write_folder", corrupt)
+  monkeypatch.setattr(folder_lib, "write_folder", corrupt)
   assert convert_cli.main(["to-hf", "--model", src, "--out", out, "--overwrite"]) == 2
   assert "verification failed" in capsys.readouterr().err
   assert open(os.path.join(out, "model.safetensors"), "rb").read() == before
   assert _tmp_leftovers(tmp_path) == []
   # Without --overwrite an existing folder is an error before any work.
-  monkeypatch.setattr(convert, "write_folder", real)
+  monkeypatch.setattr(folder_lib, "write_folder", real)
   assert convert_cli.main(["to-hf", "--model", src, "--out", out]) == 2
 
 
 def test_vocab_smaller_than_tokenizer_is_refused(tmp_path):
   src = make_checkpoint(str(tmp_path / "small"), "relu", layout="instructor", vocab_size=512)
-  params, hf_config, normalize, tok, _ = convert.load_hf(src)
+  m = loader.load(src)
+  params, hf_config, normalize, tok = m.params, m.hf_config, m.normalize, m.tokenizer_dir
   with pytest.raises(errors.CheckpointError, match="vocab_size is 512"):
-    convert.export_folder(params, hf_config, str(tmp_path / "out"), tokenizer_dir=tok, log=lambda *a: None)
+    export_folder(params, hf_config, str(tmp_path / "out"), tokenizer_dir=tok, log=lambda *a: None)
   assert sorted(os.listdir(tmp_path)) == ["small"]
 
 
+@pytest.mark.slow
 def test_reexport_of_exports(exports, tmp_path, reference):
   """Our exports are valid sources: default -> legacy and legacy -> default keep the embeddings."""
   default, legacy = exports
@@ -178,7 +186,7 @@ def test_reexport_of_exports(exports, tmp_path, reference):
 
 def test_orbax_round_trip(tmp_path, src):
   """from-hf -> orbax -> to-hf --checkpoint is bit-exact (needs the trainer's checkpoints.py)."""
-  checkpoints = pytest.importorskip("instructor_jax.checkpoints")
+  checkpoints = pytest.importorskip("instructor_jax.storage.checkpoints")
   if not (hasattr(checkpoints, "save_params") and hasattr(checkpoints, "restore_params")):
     pytest.skip("checkpoints.py has no save_params / restore_params yet")
   work = str(tmp_path / "work")

@@ -19,10 +19,7 @@ from instructor_jax.data import sampling
 from instructor_jax.data.tokenization import join_instruction
 from instructor_jax.data import __main__ as data_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIX = os.path.join(ROOT, "tests", "fixtures", "medi")
-SMALL = os.path.join(FIX, "medi_small.json")
-VOCAB = os.path.join(ROOT, "instructor_jax", "assets", "t5-vocab")
+from helpers import ROOT, SMALL, VOCAB, run_module
 SIZES = {"banking77_train_same_intent": 60, "msrp_train_paraphrase": 40, "scifact_train_claim_evidence": 30,
          "sick_train_entailment": 12, "stsb_train_paraphrase": 50, "twitter_pit2015_dev_paraphrase": 20}
 
@@ -38,11 +35,7 @@ def _sampler(index, B=8, seed=0, **kw):
 
 
 def _preview(*args, check=True):
-  r = subprocess.run([sys.executable, "-m", "instructor_jax.data", "preview", *map(str, args)], cwd=ROOT,
-                     capture_output=True, text=True, timeout=120)
-  if check:
-    assert r.returncode == 0, r.stderr
-  return r
+  return run_module("instructor_jax.data", "preview", *args, check=check, timeout=120)
 
 
 def _lines(r):
@@ -313,6 +306,7 @@ def test_stream_config_variants(tmp_path):
 SPECIAL = ("</s>", "<pad>", "<unk>", "<extra_id_")
 
 
+@pytest.mark.slow
 def test_seqio_vocabulary_ids_equal_the_encoder_tokenizer(tokenizer):
   """seqio.SentencePieceVocabulary (+ </s>, truncation keeping </s>) == Tokenizer ids.
 

@@ -5,18 +5,21 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import DEMO_CONFIG, ROOT as REPO, metrics as read_metrics
+
+pytestmark = pytest.mark.slow  # trains, evaluates and exports in a subprocess
 
 
 def test_demo_trains_evaluates_and_exports(tmp_path):
   workdir = tmp_path / "demo"
-  cmd = [sys.executable, "-m", "instructor_jax.train", "--config", os.path.join(REPO, "configs", "demo.py"),
+  cmd = [sys.executable, "-m", "instructor_jax.train", "--config", DEMO_CONFIG,
          "--workdir", str(workdir), "--config.num_train_steps=6", "--config.checkpoint_every_steps=3"]
   env = dict(os.environ, HF_HUB_OFFLINE="1")
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  metrics = read_metrics(workdir)
   assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
   assert all(np.isfinite(m["loss"]) for m in metrics)
   summary = json.loads((workdir / "eval" / "summary.json").read_text())

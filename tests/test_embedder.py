@@ -161,11 +161,11 @@ def test_missing_folder_offline_message(tmp_path):
 
 def test_packed_rows_equal_unpacked(relu_dir):
   """Several short inputs share a 128-token row (segment-masked attention, per-segment pooling): same embeddings."""
-  from instructor_jax.models.embedder import _pack
+  from instructor_jax.data.packing import best_fit_decreasing
   model = Instructor.from_pretrained(relu_dir)
   lengths = [len(e.ids) for e in model.tokenizer.encode(reference.PAIRS)]
   short = sorted([i for i, n in enumerate(lengths) if n <= 128], key=lambda i: -lengths[i])
-  rows = _pack(short, lengths, 128, max_segments=16)
+  rows = [[short[j] for j in r] for r in best_fit_decreasing([lengths[i] for i in short], 128, max_segments=16)]
   assert sorted(i for r in rows for i in r) == sorted(short)
   assert all(sum(lengths[i] for i in r) <= 128 for r in rows)
   assert len(rows) < len(short) / 3  # really packed

@@ -25,7 +25,8 @@ from instructor_jax import convert as convert_cli
 from instructor_jax import eval as eval_cli
 from reference import make_checkpoint
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval")
+from helpers import EVAL_FIXTURES as FIXTURES
+
 FORMATS = os.path.join(FIXTURES, "formats")
 SHARED_EVAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval")
 MAX_LEN = 64
@@ -277,6 +278,7 @@ def test_clustering_uses_mteb_bootstrap(evaluated):
       np.mean(scores["v_measures"]["Level 0"]))
 
 
+@pytest.mark.slow
 def test_stand_in_tasks_through_the_cli(model_dir, tmp_path, table):
   out = str(tmp_path / "out")
   assert eval_cli.main(["--model", model_dir, "--data-dir", FORMATS, "--output", out, "--max-length", str(MAX_LEN),
@@ -326,6 +328,7 @@ def test_results_in_mteb_layout_load_with_mteb_classes(evaluated, model_dir):
   assert (summary["name"], summary["revision"], summary["failed"]) == ("local/m", revision, [])
 
 
+@pytest.mark.slow
 def test_rerun_reads_every_embedding_from_the_cache(evaluated, model_dir, capsys):
   out, summary, first = evaluated
   assert " 0 hits" in first
@@ -336,10 +339,10 @@ def test_rerun_reads_every_embedding_from_the_cache(evaluated, model_dir, capsys
   assert [(r["task"], r["score"]) for r in again] == [(r["task"], r["score"]) for r in summary["tasks"]]
 
 
+@pytest.mark.slow
 def test_demo_rerun_reuses_its_embedding_cache(model_dir, tmp_path, capsys):
   """As train.finish does: evaluate WORKDIR into WORKDIR/eval, export WORKDIR/export with the results; a rerun
   finds the same revision (the workdir changed, the checkpoint did not) and every embedding in the cache."""
-  from instructor_jax.export import convert
   work = str(tmp_path / "demo")
   assert convert_cli.main(["from-hf", "--model", model_dir, "--out", work]) == 0
   args = ["--model", work, "--data-dir", os.path.join(FIXTURES, "stsbenchmark"), "--output",
@@ -395,7 +398,6 @@ def test_encoder_through_mteb_evaluate_on_mock_tasks(model_dir, table):
 
 def test_orbax_checkpoint_and_torch_backend_give_the_same_scores(model_dir, tmp_path):
   """--model accepts an orbax workdir (from-hf) and --backend torch (T5EncoderModel) agrees with jax."""
-  from instructor_jax.export import convert
   work = str(tmp_path / "work")
   assert convert_cli.main(["from-hf", "--model", model_dir, "--out", work]) == 0
   scores, frameworks = {}, {}

@@ -22,16 +22,11 @@ from instructor_jax.data import features
 from instructor_jax.data import medi
 from instructor_jax.training import run_config
 from instructor_jax.data import sampling
-from instructor_jax.storage import workdir
+from instructor_jax.storage import files, workdir
 from instructor_jax import convert as convert_cli
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from test_train import _cmd, _env, metrics, run, wait_for_step  # noqa: E402
-
-SMALL = os.path.join(ROOT, "tests", "fixtures", "medi", "medi_small.json")
-DEMO = os.path.join(ROOT, "configs", "demo.py")
+from helpers import DEMO_CONFIG as DEMO, ROOT, SMALL, TINY, cli_env as _env, metrics, run_train as run
+from helpers import train_cmd as _cmd, wait_for_step
 
 
 def _largest_params_file(step_dir):
@@ -59,6 +54,7 @@ def twelve(tmp_path_factory):
   return wd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flipped_bytes", "truncated_file", "deleted_meta"])
 def test_damaged_latest_step_falls_back_and_resumes_exactly(twelve, tmp_path, damage):
   uninterrupted = [r["loss"] for r in metrics(twelve)]
@@ -104,6 +100,7 @@ def test_checksums_match_on_device_and_host(tmp_path):
     checkpoints.verify("x", dev, host)
 
 
+@pytest.mark.slow
 def test_second_trainer_is_refused_and_the_first_goes_on(tmp_path):
   wd = tmp_path / "busy"
   args = ("--config.num_train_steps=30", "--config.checkpoint_every_steps=10")
@@ -124,6 +121,7 @@ def test_second_trainer_is_refused_and_the_first_goes_on(tmp_path):
   assert not os.path.exists(wd / workdir.LOCK_NAME)
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over(tmp_path):
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
@@ -144,6 +142,7 @@ def test_a_stale_lock_is_taken_over(tmp_path):
   assert "no heartbeat for" in out.stderr
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_run_unless_the_change_is_named(tmp_path):
   wd = tmp_path / "changed"
   run(wd, "--config.num_train_steps=4", "--config.checkpoint_every_steps=2")
@@ -196,6 +195,7 @@ def _demo(wd, medi_path, *extra):
                         env=_env(), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_truncated_and_one_record_medi_files_fail(tmp_path):
   text = open(SMALL).read()
   cut = tmp_path / "truncated.json"
@@ -242,6 +242,7 @@ def test_a_global_batch_never_holds_a_record_twice():
 
 # -- interrupts, validation, one-line errors ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigint_saves_and_prints_the_resume_command(tmp_path):
   wd = tmp_path / "int"
   proc = subprocess.Popen(_cmd(wd, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=1000"),
@@ -260,10 +261,11 @@ def test_sigint_saves_and_prints_the_resume_command(tmp_path):
   assert "Traceback" not in err and not os.path.exists(wd / workdir.LOCK_NAME)
 
 
-@pytest.mark.parametrize("flag,key", [("--config.log_every_steps=0", "log_every_steps"),
-                                      ("--config.checkpoint_every_steps=0", "checkpoint_every_steps"),
-                                      ("--config.num_train_steps=-5", "num_train_steps"),
-                                      ("--config.optim.learning_rate=nan", "optim.learning_rate")])
+@pytest.mark.parametrize("flag,key", [  # one trainer start (~10 s) in the fast tier, the rest slow
+    ("--config.log_every_steps=0", "log_every_steps"),
+    pytest.param("--config.checkpoint_every_steps=0", "checkpoint_every_steps", marks=pytest.mark.slow),
+    pytest.param("--config.num_train_steps=-5", "num_train_steps", marks=pytest.mark.slow),
+    pytest.param("--config.optim.learning_rate=nan", "optim.learning_rate", marks=pytest.mark.slow)])
 def test_config_values_are_checked_at_start(tmp_path, flag, key):
   r = run(tmp_path / "v", flag, check=False)
   assert r.returncode == 2
@@ -272,8 +274,9 @@ def test_config_values_are_checked_at_start(tmp_path, flag, key):
   assert not (tmp_path / "v").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_unless_debugging(tmp_path):
-  args = ("--config.data_source=medi", f"--config.data.medi_path={tmp_path}/missing.json")
+  args = ("--config.data.source=file", f"--config.data.medi_path={tmp_path}/missing.json")
   r = run(tmp_path / "u", *args, check=False)
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
       f"error: --config.data.medi_path: no such file: {tmp_path}/missing.json") and "Traceback" not in r.stderr
@@ -283,9 +286,6 @@ def test_user_errors_are_one_line_unless_debugging(tmp_path):
 
 
 # -- encode and exports leave nothing behind -----------------------------------------------------------------------
-
-TINY = os.path.join(ROOT, "instructor_jax", "assets", "tiny-instructor")
-
 
 def _encode(*args, umask=None):
   return subprocess.run([sys.executable, "-m", "instructor_jax.encode", "--model", TINY, *map(str, args)], cwd=ROOT,
@@ -305,6 +305,7 @@ def test_encode_empty_input_is_an_error_and_keeps_the_old_output(tmp_path):
   assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["emb.npy", "empty.jsonl"]
 
 
+@pytest.mark.slow
 def test_encode_output_honours_the_umask(tmp_path):
   src = tmp_path / "in.jsonl"
   src.write_text('{"text": "a title"}\n')
@@ -315,6 +316,7 @@ def test_encode_output_honours_the_umask(tmp_path):
     assert os.stat(out).st_mode & 0o777 == mode
 
 
+@pytest.mark.slow
 def test_encode_attention_that_cannot_fit_fails_before_allocating(tmp_path):
   src = tmp_path / "long.jsonl"
   src.write_text(json.dumps({"text": "lorem ipsum " * 60000}) + "\n")
@@ -327,7 +329,6 @@ def test_encode_attention_that_cannot_fit_fails_before_allocating(tmp_path):
 
 
 def test_a_killed_exports_temp_folder_is_removed_by_the_next_export(tmp_path):
-  from instructor_jax.export import convert
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   out = tmp_path / "export"
@@ -341,7 +342,7 @@ def test_a_killed_exports_temp_folder_is_removed_by_the_next_export(tmp_path):
   live = tmp_path / ".export.tmp-live"  # another export still writing
   live.mkdir()
   (live / ".owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                "start_time": workdir._start_time(os.getpid())}))
+                                                "start_time": files.start_time(os.getpid())}))
   assert convert_cli.main(["to-hf", "--model", TINY, "--out", str(out)]) == 0
   assert sorted(os.listdir(tmp_path)) == [".export.tmp-live", "export"]
   assert not os.path.exists(out / ".owner.json")
@@ -353,6 +354,7 @@ def _tree(root):
           for d, _, fs in os.walk(root) for f in fs}
 
 
+@pytest.mark.slow
 def test_a_finished_workdir_is_read_only_for_eval_and_convert(tmp_path):
   wd = tmp_path / "done"
   r = _demo(wd, SMALL, "--config.export.enabled=false", "--config.eval.data_dir=")
@@ -378,6 +380,7 @@ def _eval_cli(*args):
                         env=_env(), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,expect", [
     ("constant", "every gold score is 3.0"), ("out_of_range", "outside the task's range [0, 5] (e.g. 7.5)"),
     ("one_example", "1 pair(s); a score needs at least 2")])
@@ -394,6 +397,7 @@ def test_eval_refuses_degenerate_gold_data_naming_the_file(tmp_path, case, expec
   assert line.startswith(f"error: {folder}/sts-test.csv: ") and expect in line and "Traceback" not in r.stderr, line
 
 
+@pytest.mark.slow
 def test_eval_malformed_instructions_file_is_one_line(tmp_path):
   bad = tmp_path / "instructions.json"
   bad.write_text('{"STS": {"STSBenchmark": "Represent ...",}')
@@ -401,3 +405,74 @@ def test_eval_malformed_instructions_file_is_one_line(tmp_path):
                 tmp_path / "out", "--instructions", bad)
   assert r.returncode == 2 and "Traceback" not in r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:1: invalid JSON in the instruction table")
+
+
+# -- issue 21: training faults are one line `error: ...`, exit 2, before any step -----------------------------------
+def _one_line_error(r, *needles):
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and all(n in last for n in needles), last
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+  _one_line_error(run(tmp_path / "w", config="configs/nope.py", check=False), "configs/nope.py", "no such file")
+
+
+def test_unknown_config_variant_is_one_line(tmp_path):
+  _one_line_error(run(tmp_path / "w", config="configs/demo.py:nope", check=False), "--config")
+
+
+def test_unknown_config_key_is_one_line(tmp_path):
+  _one_line_error(run(tmp_path / "w", "--config.foo=1", check=False), "--config.foo")
+
+
+def test_mesh_larger_than_the_devices_is_one_line(tmp_path):
+  _one_line_error(run(tmp_path / "w", "--config.mesh_shape=(64,1,1)", check=False), "--config.mesh_shape")
+  assert not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+  (tmp_path / "f").write_text("x")
+  _one_line_error(run(tmp_path / "f", check=False), str(tmp_path / "f"), "not a folder")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_workdir_is_one_line_at_start(tmp_path):
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  ro.chmod(0o500)
+  try:
+    _one_line_error(run(ro, check=False), str(ro), "cannot write")
+  finally:
+    ro.chmod(0o700)
+
+
+def test_non_utf8_workdir_is_one_line_at_start(tmp_path):
+  bad = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xff")
+  _one_line_error(run(bad, check=False), "UTF-8")
+
+
+def test_full_disk_during_a_save_is_one_line(tmp_path, monkeypatch):
+  import errno
+  from instructor_jax.core import cli
+  ckpt = checkpoints.Checkpointer(str(tmp_path / "w"), max_to_keep=1, async_save=False)
+  monkeypatch.setattr(ckpt.mgr, "save", lambda *a, **k: (_ for _ in ()).throw(
+      OSError(errno.ENOSPC, "No space left on device")))
+  params = {"w": np.zeros((2,), np.float32)}
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    ckpt.save(1, params, {"step": np.int32(1)}, {"step": 1}, {})
+  line = cli.describe(e.value)
+  assert str(tmp_path / "w") in line and "disk is full" in line and "\n" not in line
+
+
+def test_second_sigint_raises_keyboard_interrupt_and_ignores_a_third():
+  guard = workdir.PreemptionGuard()
+  try:
+    guard._handle(signal.SIGINT, None)
+    assert guard.should_stop()
+    with pytest.raises(KeyboardInterrupt):
+      guard._handle(signal.SIGINT, None)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a third Ctrl-C prints no thread traceback
+  finally:
+    guard.restore_handlers()

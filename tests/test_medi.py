@@ -9,8 +9,7 @@ import pytest
 from instructor_jax.data import medi
 from instructor_jax import medi as medi_cli
 
-FIX = os.path.join(os.path.dirname(__file__), "fixtures", "medi")
-SMALL = os.path.join(FIX, "medi_small.json")
+from helpers import MEDI_FIXTURES as FIX, SMALL
 README = os.path.join(FIX, "instructor_readme_medi_examples.json")
 
 

@@ -10,8 +10,9 @@ from instructor_jax.data import medi
 from instructor_jax.data import medi_builder
 from instructor_jax import medi as medi_cli
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SNI = os.path.join(HERE, "fixtures", "super-ni")
+from helpers import FIXTURES, MEDI_FIXTURES, ROOT
+
+SNI = os.path.join(FIXTURES, "super-ni")
 CLS_TASK = "task321_stereoset_classification_religion"
 GEN_TASK = "task305_jeopardy_answer_generation_normal"
 
@@ -151,6 +152,7 @@ def test_build_respects_max_instances_and_seed():
     medi_builder.build_medi(SNI, _fake_embed, {})
 
 
+@pytest.mark.slow
 def test_build_cli_with_a_tiny_checkpoint(tmp_path):
   """End to end: `python -m instructor_jax.medi build` with an Instructor checkpoint, merge, valid strict MEDI."""
   import reference
@@ -164,7 +166,7 @@ def test_build_cli_with_a_tiny_checkpoint(tmp_path):
     obj["Instances"] = obj["Instances"][:40]
     (sni / f"{t}.json").write_text(json.dumps(obj))
   out = tmp_path / "medi.jsonl"
-  merge = os.path.join(HERE, "fixtures", "medi", "instructor_readme_medi_examples.json")
+  merge = os.path.join(MEDI_FIXTURES, "instructor_readme_medi_examples.json")
   args = ["build", "--super-ni", str(sni), "--embedder", ckpt, "--annotations", str(ann), "--out", str(out),
           "--merge", merge, "--batch-size", "16", "--max-length", "64"]
   assert medi_cli.main(args) == 0
@@ -196,6 +198,7 @@ def test_unknown_task_names_list_the_closest_ones(tmp_path, capsys):
     medi_builder.select_tasks(str(empty), [GEN_TASK])
 
 
+@pytest.mark.slow
 def test_build_does_not_print_jax_backend_probing(tmp_path):
   """`medi build` logs its own progress, not JAX's `Unable to initialize backend 'tpu'` (issue 16 item 10)."""
   import subprocess
@@ -209,7 +212,7 @@ def test_build_does_not_print_jax_backend_probing(tmp_path):
   (sni / f"{CLS_TASK}.json").write_text(json.dumps(obj))
   r = subprocess.run([sys.executable, "-m", "instructor_jax.medi", "build", "--super-ni", str(sni), "--embedder",
                       ckpt, "--out", str(tmp_path / "m.jsonl"), "--max-length", "32"],
-                     cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=300,
+                     cwd=ROOT, capture_output=True, text=True, timeout=300,
                      env={k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"})  # probes every backend
   assert r.returncode == 0, r.stderr
   assert "Unable to initialize backend" not in r.stderr and f"INFO {CLS_TASK}: classification" in r.stderr

@@ -5,9 +5,6 @@ The layout and row tests are pure numpy. The leak tests embed packed rows throug
 packed step's gradients on 1 and 8 fake devices, plain and cached, T5 and BERT, are compared with the padded step's
 in a subprocess (``sharded_check.py packing``).
 """
-import json
-import os
-import subprocess
 import sys
 
 import jax
@@ -25,10 +22,7 @@ from instructor_jax.models.bert import BertConfig
 from instructor_jax.models.embedder import InstructorModel
 from instructor_jax.models.t5 import T5Config
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-SMALL = os.path.join(ROOT, "tests", "fixtures", "medi", "medi_small.json")
-VOCAB = os.path.join(ROOT, "instructor_jax", "assets", "t5-vocab")
+from helpers import HERE, SMALL, VOCAB, sharded_check
 
 
 # -- layout --------------------------------------------------------------------------------------------------------
@@ -152,6 +146,7 @@ def _models():
   return {"t5": InstructorModel(t5, out_features=16), "bert": InstructorModel(bert, out_features=None)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["t5", "bert"])
 def test_packed_slots_equal_each_sequence_alone_and_do_not_leak(backbone):
   model = _models()[backbone]
@@ -228,14 +223,10 @@ def test_packed_stream_holds_the_padded_streams_sequences_on_every_host():
 
 @pytest.fixture(scope="module")
 def packing_check():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py"), "packing"], capture_output=True,
-                        text=True, env=env, timeout=1200)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-  return json.loads(lines[-1][len("RESULT "):])["packing"]
+  return sharded_check("packing", timeout=1200)["packing"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["t5", "bert"])
 def test_packed_gradients_equal_padded_on_1_and_8_devices(packing_check, backbone):
   """Dropout off: loss and gradients of the packed step (meshes 1, data 8, data 2 x fsdp 4, data 2 x tensor 4; plain
@@ -246,6 +237,7 @@ def test_packed_gradients_equal_padded_on_1_and_8_devices(packing_check, backbon
     assert r["rel_l2"] <= 1e-5 and r["loss_rel"] <= 1e-5, (name, r)
 
 
+@pytest.mark.slow
 def test_packed_metrics_count_real_and_computed_tokens():
   c = _tiny_config()
   c.model.dropout_rate = 0.0

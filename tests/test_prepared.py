@@ -170,6 +170,7 @@ def test_an_interrupted_prepare_leaves_nothing_readable(tmp_path, monkeypatch):
   assert m["max_query_length"] == 16 and sorted(os.listdir(tmp_path)) == ["medi"]
 
 
+@pytest.mark.slow
 def test_cli_prepare_from_a_config_with_progress_and_errors(tmp_path):
   out = tmp_path / "demo"
   r = run_module("instructor_jax.data", "prepare", "--config", DEMO_CONFIG, "--out", out, "--max-doc-length", 48,

@@ -19,8 +19,7 @@ from instructor_jax.training import losses
 from instructor_jax.training import finish, trainer as train
 from instructor_jax.models.embedder import Instructor
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-MEDI = os.path.join(FIXTURES, "medi", "medi_small.json")
+from helpers import SMALL as MEDI, losses as losses_of
 
 
 @pytest.mark.parametrize("num_neg", [1, 2])
@@ -49,6 +48,7 @@ def test_noinstr_and_unseen_filters(tmp_path):
   assert [r["task_name"] for r in kept] == ["stsb_train_z", "sick_train_w"]
 
 
+@pytest.mark.slow
 def test_torch_restatement_matches_jax_trainer(tmp_path):
   """Dropout off, 3 steps from the same tiny BERT on the same MEDI batches: per-step losses agree, and both exports
   load with Instructor.from_pretrained."""
@@ -68,7 +68,7 @@ def test_torch_restatement_matches_jax_trainer(tmp_path):
   workdir = str(tmp_path / "jax")
   train.train(c, workdir)
   finish.finish(c, workdir)
-  jax_losses = [json.loads(l)["loss"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  jax_losses = losses_of(workdir)
   assert len(jax_losses) == steps
 
   out = str(tmp_path / "q")

@@ -6,10 +6,6 @@ steps of a demo-like config give the same losses from the file and from the ``me
 Imports TensorFlow (seqio); no /work/shared data.
 """
 import json
-import os
-import subprocess
-import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -21,9 +17,9 @@ from instructor_jax.data import seqio_source
 from instructor_jax.core.errors import DataError
 from instructor_jax.data.tokenization import Tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = os.path.join(ROOT, "tests", "fixtures", "medi", "medi_small.json")
-VOCAB = os.path.join(ROOT, "instructor_jax", "assets", "t5-vocab")
+import helpers
+from helpers import SMALL, VOCAB
+
 CFG = dict(medi_path=SMALL, max_query_length=24, max_doc_length=40, num_negatives=1, sampling="proportional",
            dedup_positives=True)
 SEQIO = dict(CFG, source="seqio", mixture_or_task="medi_t14", seqio_modules="")
@@ -133,22 +129,18 @@ def test_tsv_pairs_example_task(tmp_path):
 
 
 def _train(workdir, env, *overrides):
-  cmd = [sys.executable, "-m", "instructor_jax.train", "--config", os.path.join(ROOT, "configs", "demo.py"),
-         "--workdir", str(workdir), "--config.num_train_steps=10", "--config.checkpoint_every_steps=100",
-         "--config.eval.data_dir=", "--config.export.enabled=False", "--config.data.pack=False",
-         "--config.data.max_query_length=32", "--config.data.max_doc_length=32", *overrides]
-  r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return [json.loads(l)["loss"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  helpers.run_train(workdir, "--config.num_train_steps=10", "--config.checkpoint_every_steps=100",
+                    "--config.eval.data_dir=", "--config.export.enabled=False", "--config.data.pack=False",
+                    "--config.data.max_query_length=32", "--config.data.max_doc_length=32", *overrides,
+                    config=helpers.DEMO_CONFIG, env=env)
+  return helpers.losses(workdir)
 
 
+@pytest.mark.slow
 def test_ten_demo_steps_give_the_same_losses_from_the_file_and_the_medi_mixture(tmp_path):
   """The issue's bar, padded (one compiled shape): the prepared store's batches equal the file's
   (tests/test_prepared.py), so its losses do too."""
-  cache = tempfile.mkdtemp(prefix="instructor_jax_test_xla_cache_")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", MEDI_PATH=SMALL, JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  env.pop("XLA_FLAGS", None)
+  env = helpers.cli_env(MEDI_PATH=SMALL)
   file_losses = _train(tmp_path / "file", env)
   assert len(file_losses) == 10 and len(set(file_losses)) == 10
   assert _train(tmp_path / "seqio", env, "--config.data.source=seqio", "--config.data.mixture_or_task=medi") == \

@@ -1,15 +1,10 @@
 """Mesh resolution, and 8 fake devices vs 1 device (run in a subprocess: XLA_FLAGS must precede jax)."""
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from instructor_jax.training import sharding
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import sharded_check
 
 
 def test_resolve_mesh_shape():
@@ -35,14 +30,10 @@ def test_rules_map_params_and_activations():
 
 @pytest.fixture(scope="module")
 def eight_devices():
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py"), "all"], capture_output=True,
-                        text=True, env=env, timeout=900)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-  return json.loads(lines[-1][len("RESULT "):])
+  return sharded_check("all", timeout=900)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["data", "data_fsdp", "data_tensor"])
 def test_eight_devices_match_one(eight_devices, mesh):
   r = eight_devices[mesh]
@@ -51,6 +42,7 @@ def test_eight_devices_match_one(eight_devices, mesh):
   assert r["param_diff"] <= 1e-5, r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["grad_cache", "grad_cache_once", "grad_cache_fsdp8",
                                   "grad_cache_fsdp8_once", "grad_cache_3d", "grad_cache_3d_once",
                                   "grad_cache_split"])

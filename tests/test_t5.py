@@ -89,6 +89,7 @@ def test_dropout_only_in_training(relu_dir):
   assert np.abs(np.asarray(tr1) - np.asarray(eval1)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_bf16_params_and_remat_run(relu_dir):
   base = hf.read_folder(relu_dir).hf_config
   tokens, mask = _random_batch(np.random.default_rng(3), 2, 16)
@@ -148,6 +149,7 @@ def test_attention_option_validated():
     T5Encoder(cfg).init(jax.random.PRNGKey(0), tokens, tokens > 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_saves_memory(remat):
   """XLA's buffer assignment of the gradient: remat must cut activation memory (an unrolled loop of

@@ -6,8 +6,7 @@ import pytest
 
 from instructor_jax.data.tokenization import Tokenizer, instruction_length, join_instruction
 
-HERE = os.path.dirname(__file__)
-VOCAB = os.path.join(HERE, "..", "instructor_jax", "assets", "t5-vocab")
+from helpers import HERE, VOCAB
 
 
 @pytest.fixture(scope="module")

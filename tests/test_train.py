@@ -13,8 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 
 import jax
 import numpy as np
@@ -22,60 +20,12 @@ import pytest
 
 from instructor_jax.storage import checkpoints
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-CONFIG = os.path.join(HERE, "tiny_config.py")
+from helpers import HERE, ROOT, cli_env as _env, leaves_equal, metrics, run_train as run, sharded_check
+from helpers import train_cmd as _cmd, wait_for_step
+
+pytestmark = pytest.mark.slow  # every test here launches trainers (or the 8-device check)
+
 STEPS = 20
-
-
-def _cmd(workdir, *overrides, flags=()):
-  return [sys.executable, "-m", "instructor_jax.train", "--config", CONFIG, "--workdir", str(workdir),
-          *flags, *overrides]
-
-
-_CACHE = tempfile.mkdtemp(prefix="instructor_jax_test_xla_cache_")
-
-
-def _env():
-  # A persistent compilation cache shared by the subprocesses: reruns of one config (kill -9 / resume) load the
-  # compiled step instead of recompiling it.
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  env.pop("XLA_FLAGS", None)
-  return env
-
-
-def run(workdir, *overrides, flags=(), check=True, timeout=600):
-  proc = subprocess.run(_cmd(workdir, *overrides, flags=flags), cwd=ROOT, env=_env(), capture_output=True,
-                        text=True, timeout=timeout)
-  if check:
-    assert proc.returncode == 0, proc.stderr[-4000:]
-  return proc
-
-
-def metrics(workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
-
-
-def wait_for_step(proc, workdir, step, timeout=300):
-  t0 = time.time()
-  while time.time() - t0 < timeout:
-    m = metrics(workdir)
-    if m and m[-1]["step"] >= step:
-      return m[-1]["step"]
-    assert proc.poll() is None, proc.communicate()[1][-4000:]
-    time.sleep(0.02)
-  raise TimeoutError(f"step {step} not reached")
-
-
-def leaves_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  return all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(la, lb))
 
 
 COMMON = (f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=4")
@@ -229,12 +179,7 @@ def test_grad_cache_reduces_gradients_once(tmp_path):
   the loop), the same per chunk for 2 and 4 chunks, and the step needs less memory per device than ``"once"`` (which
   holds gathered parameters and a full-size accumulator): measured 0.55 x the parameter bytes less (each chunk's
   full-size partial gradient exists briefly before its reduce-scatter); asserted >= 0.4 x."""
-  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py"), "hlo", str(tmp_path)], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-  r = json.loads(lines[-1][len("RESULT "):])
+  r = sharded_check("hlo", tmp_path, timeout=600)
   hlo = {name: open(path).read() for name, path in r["hlo"].items()}
   (out2, in2), (out4, in4) = (_reductions(hlo[f"once_k{k}"]) for k in (2, 4))
   assert all(_loop_computations(hlo[f"once_k{k}"])[1] for k in (2, 4))  # the chunk loop is there
@@ -269,12 +214,7 @@ def test_grad_cache_gradient_is_derivative_of_loss_with_dropout():
   """Dropout on, 8 fake devices (data 4 x fsdp 2 in both FSDP modes; data 1 x fsdp 8 per_chunk): the cached
   gradient is the derivative of the loss the step scored, i.e. the VJP pass re-draws the first pass's dropout
   masks on every shard (finite difference)."""
-  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py"), "grad_cache_dropout"], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-  results = json.loads(lines[-1][len("RESULT "):])["grad_cache_dropout"]
+  results = sharded_check("grad_cache_dropout", timeout=600)["grad_cache_dropout"]
   assert set(results) == {"per_chunk_4x2x1", "once_4x2x1", "per_chunk_1x8x1"}, results
   for r in results.values():
     assert r["finite_difference"] == pytest.approx(r["grad_norm"], rel=0.02), results

@@ -1,6 +1,25 @@
 """Local (offline) evaluation data: which task a folder holds, read into an mteb task object.
 
 A ``--data-dir`` is one task folder or a folder of task folders. A folder is recognised by its files (first match
+wins; the layouts are ``FORMATS``, printed by ``python -m instructor_jax.eval --help-formats``) and gives one task
+(a SICK folder two). ``discover`` only looks at file names; ``LocalTask.build`` reads the files (errors name
+``FILE:LINE``). The stand-in tasks (ours) are defined in ``evaluation/tasks.py``; mteb's evaluators score all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Callable, Sequence
+
+from instructor_jax.evaluation import readers, tasks
+from instructor_jax.evaluation.readers import DataError
+
+# The layouts ``detect`` recognises (printed by ``eval --help-formats``).
+FORMATS = """Local (offline) evaluation data: which task a folder holds, read into an mteb task object.
+
+A ``--data-dir`` is one task folder or a folder of task folders. A folder is recognised by its files (first match
 wins) and gives one task (a SICK folder two). ``SPLIT`` is ``--split`` (``dev`` also finds ``trial`` files):
 
 =====================  ===========================  ========================================================
@@ -43,16 +62,6 @@ generic                by columns (folder name)     ``SPLIT.jsonl`` / ``.tsv`` (
 The stand-in tasks (ours) are defined in ``evaluation/tasks.py``; every task is scored by mteb's evaluators.
 ``discover`` only looks at file names; ``LocalTask.build`` reads the files (errors name ``FILE:LINE``).
 """
-from __future__ import annotations
-
-import dataclasses
-import glob
-import json
-import os
-from typing import Callable, Sequence
-
-from instructor_jax.evaluation import readers, tasks
-from instructor_jax.evaluation.readers import DataError
 
 # Folder names of local copies of MTEB tasks whose layout alone does not name the task.
 MTEB_FOLDERS = {"scifact": "SciFact", "banking77": "Banking77Classification"}
@@ -173,7 +182,7 @@ def _manifest(folder: str, split: str) -> LocalTask:
 
 
 def detect(folder: str, split: str = "test") -> list[LocalTask]:
-  """The tasks in ``folder`` (module docstring); ``[]`` if the folder matches no layout."""
+  """The tasks in ``folder`` (``FORMATS``); ``[]`` if the folder matches no layout."""
   folder = os.path.normpath(folder)
   base = os.path.basename(folder)
   if os.path.exists(os.path.join(folder, "task.json")):

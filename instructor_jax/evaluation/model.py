@@ -1,12 +1,7 @@
 """The model to evaluate: loaded from an orbax workdir[/STEP], an exported / sentence-transformers / INSTRUCTOR
 folder or a hub id, with the jax backend (``Instructor.encode``) or the torch one (``transformers`` encoder + the
-same INSTRUCTOR rule, ``export.verify.reference_encode``), and its identity in MTEB's result layout.
-
-Identity (``ModelInfo``): ``name`` is ``org/model`` (the hub id, or ``local/<folder name>``); ``revision`` is the
-hub commit of a downloaded snapshot, else a content hash (12 hex of sha256): of every file of a folder but
-``README.md`` and hidden files (a model card edit or an eval folder beside it does not change it), or of an orbax
-checkpoint's parameter arrays, encoder config and tokenizer files (not of the workdir, whose eval / export
-folders and metrics change after every run). The same weights give the same revision wherever they lie.
+same INSTRUCTOR rule, ``export.verify.reference_encode``), and its identity in MTEB's result layout (``ModelInfo``:
+the same weights give the same revision wherever they lie).
 """
 from __future__ import annotations
 
@@ -24,6 +19,14 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
+  """The model's identity in MTEB's result layout.
+
+  ``name`` is ``org/model`` (the hub id, or ``local/<folder name>``); ``revision`` is the hub commit of a downloaded
+  snapshot, else a content hash (12 hex of sha256): of every file of a folder but ``README.md`` and hidden files (a
+  model card edit or an eval folder beside it does not change it), or of an orbax checkpoint's parameter arrays,
+  encoder config and tokenizer files (not of the workdir, whose eval / export folders and metrics change after
+  every run). The same weights give the same revision wherever they lie.
+  """
   name: str                  # "org/model"
   revision: str
   d_model: int

@@ -1,31 +1,7 @@
 """Readers of the offline evaluation formats: files -> plain Python columns, errors as ``FILE:LINE: ...``.
 
-One function per file layout; no scoring here (mteb's evaluators score, see ``evaluation/tasks.py``). What each
-returns (every list has one entry per row, in file order):
-
-=======================  =============================================================================
-reader                   returns
-=======================  =============================================================================
-``read_stsbenchmark``    ``{"sentence1", "sentence2", "score"}`` from the STS Benchmark TSV (no header, no
-                         quoting: split on tab; genre, file, year, id, score, s1, s2 [, extra columns])
-``read_sick``            the same from one SICK file (TSV with header ``sentence_A``, ``sentence_B``,
-                         ``relatedness_score``)
-``read_sts_table``       the same from a generic table (``sentence1, sentence2, score``)
-``read_text_label``      ``{"text", "label"}`` (labels as strings) from a table with ``text`` / ``category``
-``read_pairs_table``     ``{"sentence1", "sentence2", "label"}`` (labels 0 / 1) from a generic table
-``read_pit``             the same from SemEval-2015 PIT ``{split}.data`` (+ ``{split}.label``)
-``read_twitter_url``     the same from the Twitter URL corpus (votes ``(n,6)``: n >= 4 -> 1, n <= 1 -> 0)
-``read_msrp``            the same from the MSR paraphrase corpus
-``read_agnews``          ``{"text", "label"}``: the titles and classes of the AG News CSV
-``read_reranking_jsonl`` ``{"samples": [{"query", "positive": [...], "negative": [...]}]}``
-``read_wikiqa``          the same from WikiQA's aligned ``a.toks``, ``b.toks``, ``id.txt``, ``sim.txt``
-``read_trecqa``          the same from TrecQA's ``<QApairs>`` pseudo-XML
-``read_beir``            ``{"corpus": {id: {"title", "text"}}, "queries": {id: text}, "qrels": {qid: {did:
-                         int}}}`` (queries without judgements left out)
-=======================  =============================================================================
-
-Generic tables (``read_table``) are ``.jsonl``, ``.tsv`` (header, split on tab, no quoting) or ``.csv`` (header,
-quoted); ``COLUMN_ALIASES`` lists the accepted column names.
+One ``read_*`` function per file layout; its docstring says what it returns (every list has one entry per row, in
+file order). No scoring here (mteb's evaluators score, see ``evaluation/tasks.py``).
 """
 from __future__ import annotations
 
@@ -128,7 +104,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 def read_table(path: str) -> list[dict]:
   """``.jsonl``, ``.tsv`` (header, split on tab, no quoting) or ``.csv`` (header, quoted) as a list of dicts with a
-  ``__line__`` key."""
+  ``__line__`` key. ``COLUMN_ALIASES`` lists the accepted column names."""
   if path.endswith(".jsonl"):
     return read_jsonl(path)
   rows = []
@@ -211,6 +187,8 @@ def _text(v, path, no, what) -> str:
 
 
 def read_stsbenchmark(path: str) -> dict:
+  """``{"sentence1", "sentence2", "score"}`` from the STS Benchmark TSV (no header, no quoting: split on tab;
+  genre, file, year, id, score, s1, s2 [, extra columns])."""
   s1, s2, scores = [], [], []
   for no, line in _lines(path):
     if not line.strip():
@@ -228,6 +206,8 @@ def read_stsbenchmark(path: str) -> dict:
 
 
 def read_sts_table(path: str) -> dict:
+  """``{"sentence1", "sentence2", "score"}`` from a generic table (``read_table``: ``sentence1, sentence2,
+  score``)."""
   rows = read_table(path)
   if not rows:
     raise DataError(f"{path}: no pairs")
@@ -242,6 +222,7 @@ def read_sts_table(path: str) -> dict:
 
 
 def read_text_label(path: str) -> dict:
+  """``{"text", "label"}`` (labels as strings) from a table with ``text`` / ``category``."""
   rows = read_table(path)
   if not rows:
     raise DataError(f"{path}: no rows")
@@ -258,6 +239,7 @@ def read_text_label(path: str) -> dict:
 
 
 def read_pairs_table(path: str) -> dict:
+  """``{"sentence1", "sentence2", "label"}`` (labels 0 / 1) from a generic table."""
   rows = read_table(path)
   if not rows:
     raise DataError(f"{path}: no pairs")
@@ -281,6 +263,7 @@ def _binary(v, path, no) -> int:
 
 
 def read_reranking_jsonl(path: str) -> dict:
+  """``{"samples": [{"query", "positive": [...], "negative": [...]}]}`` from a jsonl file."""
   samples = []
   for r in read_jsonl(path):
     no = r["__line__"]
@@ -295,6 +278,8 @@ def read_reranking_jsonl(path: str) -> dict:
 
 
 def read_sick(path: str) -> dict:
+  """``{"sentence1", "sentence2", "score"}`` from one SICK file (TSV with header ``sentence_A``, ``sentence_B``,
+  ``relatedness_score``)."""
   it = _lines(path)
   _, header = next(it, (1, ""))
   cols = header.split("\t")
@@ -316,6 +301,8 @@ def read_sick(path: str) -> dict:
 
 
 def read_beir(folder: str, split: str) -> dict:
+  """``{"corpus": {id: {"title", "text"}}, "queries": {id: text}, "qrels": {qid: {did: int}}}`` (queries without
+  judgements left out)."""
   corpus_path, queries_path = os.path.join(folder, "corpus.jsonl"), os.path.join(folder, "queries.jsonl")
   qrels_path = os.path.join(folder, "qrels", f"{split}.tsv")
   if not os.path.exists(qrels_path):
@@ -352,6 +339,7 @@ def read_beir(folder: str, split: str) -> dict:
 
 
 def read_pit(folder: str, split: str) -> dict:
+  """``{"sentence1", "sentence2", "label"}`` (0 / 1) from SemEval-2015 PIT ``{split}.data`` (+ ``{split}.label``)."""
   data_path = os.path.join(folder, f"{split}.data")
   label_path = os.path.join(folder, f"{split}.label")
   labels = None
@@ -389,6 +377,8 @@ def read_pit(folder: str, split: str) -> dict:
 
 
 def read_twitter_url(path: str) -> dict:
+  """``{"sentence1", "sentence2", "label"}`` from the Twitter URL corpus (votes ``(n,6)``: n >= 4 -> 1,
+  n <= 1 -> 0)."""
   out = {"sentence1": [], "sentence2": [], "label": []}
   for no, line in _lines(path):
     if not line.strip():
@@ -409,6 +399,7 @@ def read_twitter_url(path: str) -> dict:
 
 
 def read_msrp(path: str) -> dict:
+  """``{"sentence1", "sentence2", "label"}`` (0 / 1) from the MSR paraphrase corpus."""
   out = {"sentence1": [], "sentence2": [], "label": []}
   for no, line in _lines(path):
     if not line.strip():
@@ -425,6 +416,7 @@ def read_msrp(path: str) -> dict:
 
 
 def read_agnews(path: str) -> dict:
+  """``{"text", "label"}``: the titles and classes of the AG News CSV."""
   texts, labels = [], []
   with _open(path) as f:
     reader = csv.reader(f)
@@ -445,6 +437,8 @@ def read_agnews(path: str) -> dict:
 
 
 def read_wikiqa(folder: str) -> dict:
+  """``{"samples": [{"query", "positive": [...], "negative": [...]}]}`` from WikiQA's aligned ``a.toks``,
+  ``b.toks``, ``id.txt``, ``sim.txt``."""
   files = {n: os.path.join(folder, f"{n}.txt" if n in ("id", "sim") else f"{n}.toks") for n in ("a", "b", "id", "sim")}
   cols = {}
   for n, p in files.items():
@@ -465,6 +459,8 @@ def read_wikiqa(folder: str) -> dict:
 
 
 def read_trecqa(path: str) -> dict:
+  """``{"samples": [{"query", "positive": [...], "negative": [...]}]}`` from TrecQA's ``<QApairs>``
+  pseudo-XML."""
   samples, cur, section, first = [], None, None, False
   for no, line in _lines(path):
     s = line.strip()

@@ -1,31 +1,9 @@
 """mteb task objects for local data: our task classes for the sets that are not MTEB data, and the injection of
-reader columns (``evaluation/readers.py``) into any mteb task.
+reader columns (``evaluation/readers.py``) into any mteb task (``inject``).
 
 Rule: a local set that *is* an MTEB task's evaluation split is loaded into mteb's own task object
-(``mteb.get_task(name)``); a set that is not MTEB data gets a class here, on mteb's abstract task of its type and
-configured like its closest MTEB sibling (metadata copied, then renamed and re-described), so mteb's evaluators
-score every task and no metric is written here. ``inject`` leaves a task as mteb's ``load_data`` would (the
-``dataset`` layout of its abstract task, ``data_loaded = True``), as mteb's own mock tasks do, and sets the dataset
-revision to ``local-<sha256 of the files read>`` so the result says which data was scored. The injected data is
-already in the evaluation layout, so a task's ``dataset_transform`` (HF layout -> evaluation layout) is not run;
-the MTEB classes we inject into have none (``tests/test_eval.py`` checks it).
-
-================================  ==================  =====================================================
-task (class)                      like (MTEB sibling)  why a stand-in
-================================  ==================  =====================================================
-``SICK-R.official``               SICK-R              the official SICK split files (test: 4,927 pairs);
-(``SickrOfficialSTS``)                                MTEB's SICK-R test split is all 9,927 pairs
-``TwitterPIT2015``                TwitterSemEval2015  the SemEval-2015 PIT test set (838 non-debatable pairs);
-                                                      MTEB's TwitterSemEval2015 test split has 16,777
-``TwitterURLCorpusTest``          TwitterURLCorpus    the corpus's ``testNew`` file; MTEB's split has 51,534
-``MRPC``                          TwitterSemEval2015  MSR paraphrase corpus: no MTEB task
-``AGNewsTitlesClustering``        TwentyNewsgroups-   AG News titles by class: no MTEB task; every title is
-                                  Clustering.v2       embedded (4% of 7,600 would be 304 titles; 20NG.v2
-                                                      embeds 2,381)
-``WikiQAReranking``,              AskUbuntuDup-       answer-sentence selection: no MTEB task; MAP over each
-``TrecQAReranking``               Questions           question's candidates (``map_at_1000``)
-================================  ==================  =====================================================
-
+(``mteb.get_task(name)``); a set that is not MTEB data gets a class here, configured like its closest MTEB sibling
+(``_like``; each class says which and why), so mteb's evaluators score every task and no metric is written here.
 ``generic_task`` builds a class for a folder in a generic layout (``task.json`` / column tables) the same way.
 """
 from __future__ import annotations
@@ -54,7 +32,10 @@ LOCAL_DATASET = {"path": "local", "revision": "local"}  # replaced by inject()
 
 def _like(sibling: str, name: str, description: str, reference: str | None = None, **fields) -> TaskMetadata:
   """The metadata of MTEB task ``sibling`` under our name: same type, category, main score, languages and splits;
-  no dataset on the hub (``LOCAL_DATASET``) and no task prompt (the sibling's prompt describes other data)."""
+  no dataset on the hub (``LOCAL_DATASET``) and no task prompt (the sibling's prompt describes other data).
+
+  A set that is not MTEB data gets a class on mteb's abstract task of its type, configured like its closest MTEB
+  sibling (metadata copied, then renamed and re-described here)."""
   base = mteb.get_task(sibling).metadata
   update = dict(name=name, description=description, reference=reference, dataset=dict(LOCAL_DATASET), prompt=None,
                 bibtex_citation="", superseded_by=None, adapted_from=None, eval_splits=["test"])
@@ -63,7 +44,10 @@ def _like(sibling: str, name: str, description: str, reference: str | None = Non
 
 
 class SickrOfficialSTS(AbsTaskSTS):
-  """SICK relatedness on the official split files (``SICK_{train,trial,test_annotated}.txt``)."""
+  """SICK relatedness on the official split files (``SICK_{train,trial,test_annotated}.txt``).
+
+  Like SICK-R; a stand-in because MTEB's SICK-R test split is all 9,927 pairs (official test: 4,927).
+  """
   min_score, max_score = 0, 5  # as mteb's SICK-R (scores are 1-5; min-max normalisation does not move Spearman)
   metadata = _like("SICK-R", "SICK-R.official",
                    "SICK-R relatedness on the official SemEval-2014 split files (test: SICK_test_annotated.txt, "
@@ -72,7 +56,11 @@ class SickrOfficialSTS(AbsTaskSTS):
 
 
 class TwitterPIT2015(AbsTaskPairClassification):
-  """SemEval-2015 PIT (paraphrase in Twitter), official test set; debatable pairs dropped."""
+  """SemEval-2015 PIT (paraphrase in Twitter), official test set; debatable pairs dropped.
+
+  Like TwitterSemEval2015; a stand-in because that MTEB test split has 16,777 pairs (official: 838
+  non-debatable).
+  """
   metadata = _like("TwitterSemEval2015", "TwitterPIT2015",
                    "SemEval-2015 Task 1 (PIT) paraphrase pairs of tweets, the official test set without the "
                    "debatable pairs. Not MTEB's TwitterSemEval2015 split (16,777 pairs).",
@@ -80,7 +68,10 @@ class TwitterPIT2015(AbsTaskPairClassification):
 
 
 class TwitterURLCorpusTest(AbsTaskPairClassification):
-  """Twitter URL paraphrase corpus, its test file; pairs with 2 or 3 of 6 votes dropped."""
+  """Twitter URL paraphrase corpus, its test file; pairs with 2 or 3 of 6 votes dropped.
+
+  Like TwitterURLCorpus; a stand-in for the corpus's ``testNew`` file (MTEB's split has 51,534 pairs).
+  """
   metadata = _like("TwitterURLCorpus", "TwitterURLCorpusTest",
                    "Twitter URL paraphrase corpus, the test file (Twitter_URL_Corpus_test*.txt): >= 4 of 6 votes "
                    "paraphrase, <= 1 not, 2-3 dropped. Not MTEB's TwitterURLCorpus split (51,534 pairs).",
@@ -88,7 +79,10 @@ class TwitterURLCorpusTest(AbsTaskPairClassification):
 
 
 class MRPC(AbsTaskPairClassification):
-  """Microsoft Research Paraphrase Corpus (news sentence pairs), binary paraphrase labels."""
+  """Microsoft Research Paraphrase Corpus (news sentence pairs), binary paraphrase labels.
+
+  Like TwitterSemEval2015; no MTEB task.
+  """
   metadata = _like("TwitterSemEval2015", "MRPC",
                    "Microsoft Research Paraphrase Corpus: pairs of news sentences labelled paraphrase or not.",
                    "https://www.microsoft.com/en-us/download/details.aspx?id=52398", domains=["News", "Written"],
@@ -96,8 +90,12 @@ class MRPC(AbsTaskPairClassification):
 
 
 class AGNewsTitlesClustering(AbsTaskClustering):
-  """AG News test titles clustered by their 4 classes (World, Sports, Business, Sci/Tech)."""
-  max_fraction_of_documents_to_embed = None  # all titles (see the module docstring)
+  """AG News test titles clustered by their 4 classes (World, Sports, Business, Sci/Tech).
+
+  Like TwentyNewsgroupsClustering.v2; no MTEB task. Every title is embedded (4% of 7,600 would be 304 titles;
+  20NG.v2 embeds 2,381).
+  """
+  max_fraction_of_documents_to_embed = None  # all titles (see the class docstring)
   metadata = _like("TwentyNewsgroupsClustering.v2", "AGNewsTitlesClustering",
                    "Clustering of AG News test titles by their 4 classes.",
                    "https://proceedings.neurips.cc/paper/2015/hash/250cf8b51c773f3f8dc8b4be867a9a02-Abstract.html",
@@ -105,7 +103,10 @@ class AGNewsTitlesClustering(AbsTaskClustering):
 
 
 class WikiQAReranking(AbsTaskRetrieval):
-  """WikiQA answer-sentence selection: rank each question's candidate sentences."""
+  """WikiQA answer-sentence selection: rank each question's candidate sentences.
+
+  Like AskUbuntuDupQuestions; no MTEB task. MAP over each question's candidates (``map_at_1000``).
+  """
   metadata = _like("AskUbuntuDupQuestions", "WikiQAReranking",
                    "WikiQA: rerank each question's candidate Wikipedia sentences; questions without a correct "
                    "answer are skipped (mteb scores only queries with a relevant candidate).",
@@ -114,7 +115,10 @@ class WikiQAReranking(AbsTaskRetrieval):
 
 
 class TrecQAReranking(AbsTaskRetrieval):
-  """TrecQA answer-sentence selection: rank each question's candidate sentences."""
+  """TrecQA answer-sentence selection: rank each question's candidate sentences.
+
+  Like AskUbuntuDupQuestions; no MTEB task. MAP over each question's candidates (``map_at_1000``).
+  """
   metadata = _like("AskUbuntuDupQuestions", "TrecQAReranking",
                    "TrecQA (TREC 8-13 QA): rerank each question's candidate answer sentences.",
                    "https://aclanthology.org/D07-1003/", domains=["News", "Written"], license="not specified")
@@ -201,6 +205,12 @@ def inject(task: AbsTask, split: str, data: Mapping, files: Sequence[str], where
   ``data``: STS ``{"sentence1", "sentence2", "score"}``; Classification ``{"train": {"text", "label"}, split:
   {...}}``; Clustering ``{"text", "label"}``; PairClassification ``{"sentence1", "sentence2", "label"}``;
   Retrieval BEIR columns; Reranking ``{"samples"}`` (or BEIR columns). ``task`` evaluates ``split`` only.
+
+  The task is left as mteb's ``load_data`` would leave it (the ``dataset`` layout of its abstract task,
+  ``data_loaded = True``), as mteb's own mock tasks do, with the dataset revision ``local-<sha256 of the files
+  read>`` so the result says which data was scored. The injected data is already in the evaluation layout, so a
+  task's ``dataset_transform`` (HF layout -> evaluation layout) is not run; the MTEB classes we inject into have
+  none (``tests/test_eval.py`` checks it).
   """
   kind = task.metadata.type
   if isinstance(task, AbsTaskSTS):

@@ -1,23 +1,8 @@
 """Flax BERT encoder (the ``BertModel`` of sentence-transformers' MiniLM / mpnet-style BERT checkpoints).
 
-Numerically follows Hugging Face ``BertModel`` (fp32 hidden states equal to <= 1e-5, tests/test_bert.py):
-- embeddings ``LayerNorm((word + token_type[0]) + position)`` then dropout; token types are all 0 (one segment);
-- post-norm blocks: ``x = LN(x + drop(attn(x)))``, ``x = LN(x + drop(ffn(x)))``; LayerNorm in fp32 with the biased
-  variance ``mean((x - mean)^2)`` as torch computes it, ``layer_norm_eps`` from the config;
-- attention with biases, scores scaled by ``1/sqrt(d_head)``, softmax in fp32, padding masked by adding fp32's
-  minimum (HF's extended attention mask); dropout on the attention weights when ``deterministic=False``;
-- ``hidden_act``: ``gelu`` / ``gelu_python`` are the exact erf GELU, ``gelu_new`` / ``gelu_pytorch_tanh`` /
-  ``gelu_fast`` / ``gelu_accurate`` the tanh approximation (HF's ``ACT2FN`` maps them so), ``relu``;
-- HF's pooler (``tanh(dense(h[CLS]))``) is *not* computed (INSTRUCTOR mean-pools the hidden states), but its
-  weights are kept as parameters when ``config.pooler`` so a converted checkpoint exports as a complete
-  ``BertModel``. They get no gradient; only weight decay (if configured) changes them.
-
-Packed rows (``segment_ids``): each segment gets position ids ``0, 1, ...`` from its own first token and attends only
-within itself, so a packed row computes exactly what the segments compute unpadded (tests compare them).
-
-Parameters and activations carry the same logical axis names as ``t5.py`` (``vocab``, ``embed``, ``heads``, ``kv``,
-``mlp``; ``batch``, ``length``), plus ``positions`` / ``token_types`` for the two small embedding tables (never
-sharded, see ``sharding.py``).
+It numerically follows Hugging Face ``BertModel`` (fp32 hidden states equal to <= 1e-5, tests/test_bert.py); the
+details, packed rows and logical axis names are in ``BertEncoder``'s docstring. HF's pooler is *not* computed
+(INSTRUCTOR mean-pools), but its weights are kept when ``config.pooler`` so exports are complete ``BertModel``s.
 """
 from __future__ import annotations
 
@@ -56,7 +41,7 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
   pad_token_id: int = 0
-  # Not part of the HF config: whether the params carry HF's pooler (see the module docstring); compute and
+  # Not part of the HF config: whether the params carry HF's pooler (see ``BertEncoder``); compute and
   # parameter dtypes; per-block rematerialisation "none" | "full" | "dots"; the attention implementation (only
   # "xla" here: T5Config's "cudnn" option is not implemented for BERT).
   pooler: bool = True
@@ -234,13 +219,33 @@ class Block(nn.Module):
 
 
 class BertEncoder(nn.Module):
-  """``tokens [B, L] int32``, ``mask [B, L]`` (1 = attend) -> last hidden states ``[B, L, hidden_size]``."""
+  """``tokens [B, L] int32``, ``mask [B, L]`` (1 = attend) -> last hidden states ``[B, L, hidden_size]``.
+
+  Numerically follows Hugging Face ``BertModel`` (fp32 hidden states equal to <= 1e-5, tests/test_bert.py):
+  - embeddings ``LayerNorm((word + token_type[0]) + position)`` then dropout; token types are all 0 (one segment);
+  - post-norm blocks: ``x = LN(x + drop(attn(x)))``, ``x = LN(x + drop(ffn(x)))``; LayerNorm in fp32 with the
+    biased variance ``mean((x - mean)^2)`` as torch computes it, ``layer_norm_eps`` from the config;
+  - attention with biases, scores scaled by ``1/sqrt(d_head)``, softmax in fp32, padding masked by adding fp32's
+    minimum (HF's extended attention mask); dropout on the attention weights when ``deterministic=False``;
+  - ``hidden_act``: ``gelu`` / ``gelu_python`` are the exact erf GELU, ``gelu_new`` / ``gelu_pytorch_tanh`` /
+    ``gelu_fast`` / ``gelu_accurate`` the tanh approximation (HF's ``ACT2FN`` maps them so), ``relu``;
+  - HF's pooler (``tanh(dense(h[CLS]))``) is *not* computed (INSTRUCTOR mean-pools the hidden states), but its
+    weights are kept as parameters when ``config.pooler`` so a converted checkpoint exports as a complete
+    ``BertModel``. They get no gradient; only weight decay (if configured) changes them.
+
+  Packed rows (``segment_ids``): each segment gets position ids ``0, 1, ...`` from its own first token and attends
+  only within itself, so a packed row computes exactly what the segments compute unpadded (tests compare them).
+
+  Parameters and activations carry the same logical axis names as ``t5.T5Encoder`` (``vocab``, ``embed``,
+  ``heads``, ``kv``, ``mlp``; ``batch``, ``length``), plus ``positions`` / ``token_types`` for the two small
+  embedding tables (never sharded, see ``sharding.py``).
+  """
   config: BertConfig
 
   @nn.compact
   def __call__(self, tokens, mask, deterministic: bool = True, segment_ids=None):
     """``segment_ids [B, L]`` (optional): packed sequences attend within their segment and get position ids
-    counted from their own first token (module docstring)."""
+    counted from their own first token (class docstring)."""
     cfg = self.config
     _, length = tokens.shape
     if length > cfg.max_position_embeddings:

@@ -1,18 +1,7 @@
 """Hugging Face / sentence-transformers folders <-> Flax parameters, for both backbones (T5 and BERT).
 
-The backbone is ``config.json``'s ``model_type``: ``t5`` -> ``t5.T5Config`` / ``T5Encoder``, ``bert`` ->
-``bert.BertConfig`` / ``BertEncoder`` (``config_from_hf``). Layouts read (see ``read_folder``):
-- INSTRUCTOR (hkunlp/instructor-*): ``modules.json``, T5 weights and ``config.json`` at the root (module path
-  ``""``), ``1_Pooling``, ``2_Dense`` (``linear.weight [out, in]``, no bias), ``3_Normalize``;
-- sentence-transformers (gtr-t5-*, all-MiniLM-L6-v2, ...): the Transformer module at the root or in its own folder
-  (``0_Transformer``), mean ``Pooling``, an optional ``Dense`` (absent: identity), an optional ``Normalize``;
-- a plain T5 / T5EncoderModel / BertModel folder (no ``modules.json``): no Dense (identity), L2-normalised.
-
-Weights: ``model.safetensors`` (read without torch), sharded ``model.safetensors.index.json``, or
-``pytorch_model.bin`` (needs torch). Ignored: decoder and LM-head tensors of a full T5 checkpoint; BERT's
-``position_ids`` / ``token_type_ids`` buffers and pre-training heads (``cls.*``). BERT's pooler weights are kept
-(``BertConfig.pooler`` says whether the checkpoint has them) so exports are complete ``BertModel`` checkpoints. Any
-other unknown tensor, a missing tensor or a shape that does not match ``config.json`` is an error naming the tensor.
+The backbone is ``config.json``'s ``model_type`` (``t5`` or ``bert``, ``config_from_hf``). ``read_folder`` reads
+the INSTRUCTOR, sentence-transformers and plain T5 / BERT layouts (its docstring lists them and the weight files).
 Names map one to one (``to_flax`` / ``from_flax`` are exact inverses: HF -> Flax -> HF is bit-exact in fp32).
 """
 from __future__ import annotations
@@ -160,7 +149,24 @@ def _module_type(m: dict) -> str:
 
 
 def read_folder(root: str) -> Folder:
-  """Reads any supported layout (module docstring) into numpy arrays, validating names and shapes."""
+  """Reads any supported layout into numpy arrays, validating names and shapes.
+
+  The backbone is ``config.json``'s ``model_type``: ``t5`` -> ``t5.T5Config`` / ``T5Encoder``, ``bert`` ->
+  ``bert.BertConfig`` / ``BertEncoder`` (``config_from_hf``). Layouts read:
+  - INSTRUCTOR (hkunlp/instructor-*): ``modules.json``, T5 weights and ``config.json`` at the root (module path
+    ``""``), ``1_Pooling``, ``2_Dense`` (``linear.weight [out, in]``, no bias), ``3_Normalize``;
+  - sentence-transformers (gtr-t5-*, all-MiniLM-L6-v2, ...): the Transformer module at the root or in its own
+    folder (``0_Transformer``), mean ``Pooling``, an optional ``Dense`` (absent: identity), an optional
+    ``Normalize``;
+  - a plain T5 / T5EncoderModel / BertModel folder (no ``modules.json``): no Dense (identity), L2-normalised.
+
+  Weights: ``model.safetensors`` (read without torch), sharded ``model.safetensors.index.json``, or
+  ``pytorch_model.bin`` (needs torch). Ignored: decoder and LM-head tensors of a full T5 checkpoint; BERT's
+  ``position_ids`` / ``token_type_ids`` buffers and pre-training heads (``cls.*``). BERT's pooler weights are kept
+  (``BertConfig.pooler`` says whether the checkpoint has them) so exports are complete ``BertModel`` checkpoints.
+  Any other unknown tensor, a missing tensor or a shape that does not match ``config.json`` is an error naming the
+  tensor.
+  """
   root = os.fspath(root)
   modules_path = os.path.join(root, "modules.json")
   dense = None

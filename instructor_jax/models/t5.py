@@ -1,21 +1,8 @@
-"""Flax T5 encoder (v1.0 ``relu`` as in GTR / INSTRUCTOR, and v1.1 ``gated-gelu``).
+"""Flax T5 encoder (v1.0 ``relu`` as in GTR / INSTRUCTOR, and v1.1 ``gated-gelu``) and its HF weight mapping.
 
-Numerically follows Hugging Face ``T5EncoderModel``:
-- RMS layer norm without mean or bias, variance in fp32; pre-norm residual blocks and a final norm;
-- no ``1/sqrt(d_kv)`` scaling of attention scores; softmax in fp32;
-- bidirectional relative-position buckets, one bias table in layer 0 shared by every layer;
-- padding masked by adding the dtype minimum; no biases anywhere; dropout only when ``deterministic=False``.
-
-Attention (``T5Config.attention``): ``"xla"`` (default, any backend, the HF arithmetic above) or ``"cudnn"``
-(GPU, bf16/fp16 compute only): cuDNN's fused flash attention through ``jax.nn.dot_product_attention`` with the
-relative-position bias ``[1, H, L, L]`` (cast to the compute dtype) and padding as per-row key lengths (masks must be
-right-padded prefixes, as everything in this package makes them; packed rows pass a full ``[B, H, L, L]`` bias).
-The ``[B, H, L, L]`` scores never reach device memory; the one semantic difference is that the public API has no
-dropout on the attention probabilities, so with ``"cudnn"`` training drops only the residual / FFN activations.
-
-Every parameter carries logical axis names (``vocab``, ``embed``, ``mlp``, ``heads``, ``kv``, ``rel_buckets``) and
-the main activations are constrained with ``batch``, ``length``, ``embed``, ``heads``, ``mlp``, so the trainer shards
-them with logical-axis rules (see ``sharding.py``). Without rules in context the constraints are no-ops.
+It numerically follows Hugging Face ``T5EncoderModel`` (details, the ``"xla"`` / ``"cudnn"`` attention choice and
+the logical axis names: ``T5Encoder``'s docstring). Parameters and activations carry logical axis names that the
+trainer shards with ``sharding.py``'s rules; without rules in context the constraints are no-ops.
 """
 from __future__ import annotations
 
@@ -52,7 +39,7 @@ class T5Config:
   param_dtype: Dtype = jnp.float32
   # Rematerialise each block in the backward pass (training memory); "none" | "full" | "dots".
   remat: str = "none"
-  # "xla" | "cudnn" (see the module docstring).
+  # "xla" | "cudnn" (see ``T5Encoder``).
   attention: str = "xla"
 
   def __post_init__(self):
@@ -299,7 +286,26 @@ def run_layers(module: nn.Module, block_cls, cfg, x, bias, deterministic: bool):
 
 
 class T5Encoder(nn.Module):
-  """``tokens [B, L] int32``, ``mask [B, L]`` (1 = attend) -> last hidden states ``[B, L, d_model]``."""
+  """``tokens [B, L] int32``, ``mask [B, L]`` (1 = attend) -> last hidden states ``[B, L, d_model]``.
+
+  Numerically follows Hugging Face ``T5EncoderModel``:
+  - RMS layer norm without mean or bias, variance in fp32; pre-norm residual blocks and a final norm;
+  - no ``1/sqrt(d_kv)`` scaling of attention scores; softmax in fp32;
+  - bidirectional relative-position buckets, one bias table in layer 0 shared by every layer;
+  - padding masked by adding the dtype minimum; no biases anywhere; dropout only when ``deterministic=False``.
+
+  Attention (``T5Config.attention``): ``"xla"`` (default, any backend, the HF arithmetic above) or ``"cudnn"``
+  (GPU, bf16/fp16 compute only): cuDNN's fused flash attention through ``jax.nn.dot_product_attention`` with the
+  relative-position bias ``[1, H, L, L]`` (cast to the compute dtype) and padding as per-row key lengths (masks must
+  be right-padded prefixes, as everything in this package makes them; packed rows pass a full ``[B, H, L, L]``
+  bias). The ``[B, H, L, L]`` scores never reach device memory; the one semantic difference is that the public API
+  has no dropout on the attention probabilities, so with ``"cudnn"`` training drops only the residual / FFN
+  activations.
+
+  Every parameter carries logical axis names (``vocab``, ``embed``, ``mlp``, ``heads``, ``kv``, ``rel_buckets``) and
+  the main activations are constrained with ``batch``, ``length``, ``embed``, ``heads``, ``mlp``, so the trainer
+  shards them with logical-axis rules (see ``sharding.py``). Without rules in context the constraints are no-ops.
+  """
   config: T5Config
 
   @nn.compact
