@@ -11,7 +11,7 @@ import os
 import sys
 
 from instructor_jax.core import cli, errors
-from instructor_jax.storage import files
+from instructor_jax.storage import files, paths
 
 ALLOWED_KEYS = {"instruction", "text"}
 
@@ -23,7 +23,7 @@ def read_jsonl(path: str, default_instruction: str | None = None) -> list:
   """Reads inputs for ``Instructor.encode`` (strings or ``[instruction, text]``), validating every line."""
   items = []
   try:
-    f = open(path, "rb")
+    f = paths.open_file(paths.check(path, "--input"), "rb")
   except OSError as e:
     raise InputError(f"{path}: cannot open: {e.strerror}") from e
   with f:
@@ -60,6 +60,8 @@ def read_jsonl(path: str, default_instruction: str | None = None) -> list:
 
 def check_output(path: str) -> None:
   """Fails before any work when ``--output`` cannot be written: a folder, a missing or read-only parent."""
+  if paths.check(path, "--output") and paths.is_gcs(path):
+    return  # Cloud Storage: written as one object at the end
   if os.path.isdir(path):
     raise InputError(f"--output {path}: is a folder; name a .npy file")
   parent = os.path.dirname(os.path.abspath(path))
@@ -91,9 +93,14 @@ def _main(argv) -> int:
   p.add_argument("--max-length", type=positive_int, default=512,
                  help="tokens per input (BERT: capped at max_position_embeddings)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+  p.add_argument("--truncate-dim", type=int, default=None, metavar="K",
+                 help="Matryoshka: keep the first K dimensions, re-normalised to unit length")
   p.add_argument("--similarities", action="store_true", help="also print the cosine similarity matrix")
   p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
   args = p.parse_args(argv)
+  if args.truncate_dim is not None and args.truncate_dim < 1:
+    raise errors.ConfigError(f"--truncate-dim {args.truncate_dim}: must be an integer from 1 to the model's "
+                             f"embedding size")
   return _encode(args)
 
 
@@ -105,10 +112,13 @@ def _encode(args) -> int:
   check_output(args.output)
   items = read_jsonl(args.input, args.instruction)
   import jax.numpy as jnp
-  from instructor_jax.models.embedder import Instructor
+  from instructor_jax.models.embedder import Instructor, check_truncate_dim
   model = Instructor.from_pretrained(args.model, dtype=getattr(jnp, args.dtype), max_length=args.max_length)
-  emb = model.encode(items, batch_size=args.batch_size, show_progress_bar=sys.stderr.isatty() or None)
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  check_truncate_dim(args.truncate_dim, model.dim, "--truncate-dim")
+  emb = model.encode(items, batch_size=args.batch_size, show_progress_bar=sys.stderr.isatty() or None,
+                     truncate_dim=args.truncate_dim)
+  if not paths.is_gcs(args.output):
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   files.save_npy(args.output, emb)
   print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {args.output}", file=sys.stderr)
   if args.similarities:

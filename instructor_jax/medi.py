@@ -13,13 +13,13 @@ import argparse
 import collections
 import json
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
 from instructor_jax.core import cli
 from instructor_jax.data import medi_builder, prepared
 from instructor_jax.data.medi import Report, read_medi
+from instructor_jax.storage import paths
 
 def _validate_cli(args) -> int:
   rep = Report(args.file)
@@ -36,7 +36,7 @@ def _validate_cli(args) -> int:
 def task_counts(path: str, strict: bool = False, skip_invalid: bool = False) -> tuple[dict[str, int], str]:
   """``({task: records}, summary)`` of a MEDI file (one streaming pass, no tokenizer) or of a prepared folder
   (``data prepare``: read from its manifest, nothing else)."""
-  if os.path.isdir(path):
+  if paths.isdir(path):
     manifest = prepared.read_manifest(path)
     return ({t["name"]: int(t["records"]) for t in manifest["tasks"]},
             f"{path}: prepared from {manifest['source']['path']} ({manifest['report'].get('valid', '?')} valid "

@@ -18,7 +18,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from instructor_jax.core import cli, log
-from instructor_jax.storage import checkpoints
+from instructor_jax.storage import checkpoints, paths
 from instructor_jax.storage import workdir as workdir_lib
 from instructor_jax.training import run_config
 from instructor_jax.training.finish import finish
@@ -126,7 +126,7 @@ def run(config) -> None:
     except BaseException:
       step = checkpoints.latest_step(FLAGS.workdir)
       if step is not None:
-        log.info(f"stopped; the newest checkpoint is {os.path.abspath(FLAGS.workdir)}/{step}. To resume: "
+        log.info(f"stopped; the newest checkpoint is {paths.join(paths.check(FLAGS.workdir), str(step))}. To resume: "
                  f"{workdir_lib.resume_command()}")
       raise
     finish(config, FLAGS.workdir)

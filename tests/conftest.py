@@ -12,6 +12,8 @@ import pytest  # noqa: E402
 
 import reference  # noqa: E402
 
+pytest_plugins = ["gcs_server"]  # the `gcs` / `gcs_dir` fixtures: a fake GCS server on 127.0.0.1
+
 
 @pytest.fixture(scope="session", params=["relu", "gated-gelu"])
 def instructor_dir(request, tmp_path_factory):

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from instructor_jax.core import errors
 from instructor_jax.data import medi
 from instructor_jax import medi as medi_cli
 
@@ -280,7 +281,7 @@ def test_truncated_real_file_is_an_error_not_a_short_read(tmp_path):
 
 
 def test_missing_file():
-  with pytest.raises(FileNotFoundError):
+  with pytest.raises(errors.DataError, match="MEDI file not found"):
     list(medi.read_medi("/nonexistent/medi.json"))
 
 

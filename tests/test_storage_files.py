@@ -104,7 +104,6 @@ def test_cli_keeps_internal_errors_and_debug_tracebacks():
 
 # -- the same on Cloud Storage (fake-gcs-server on 127.0.0.1) ------------------------------------------------------
 
-from gcs_server import gcs, gcs_dir  # noqa: E402,F401  (fixtures)
 from instructor_jax.storage import paths  # noqa: E402
 
 

@@ -18,14 +18,15 @@ from typing import Optional, Sequence
 from instructor_jax.core import cli
 from instructor_jax.core.errors import DataError
 from instructor_jax.data import prepared
+from instructor_jax.storage import paths
 from instructor_jax.data.features import Featurizer, MediIndex
 from instructor_jax.data.sampling import SAMPLING, Sampler, host_batch_size
 from instructor_jax.data.stream import data_defaults
 from instructor_jax.data.tokenization import T5_VOCAB
 
 def _preview(args) -> int:
-  if os.path.isdir(args.medi):  # a prepared folder: its index only
-    index = prepared.PreparedIndex(args.medi)
+  if paths.isdir(args.medi):  # a prepared folder: its index only
+    index = prepared.PreparedIndex(prepared.local_store(args.medi))
   else:
     index = MediIndex.from_file(args.medi, strict=args.strict, skip_invalid=args.skip_invalid)
   sampler = Sampler(index.sizes, args.global_batch, seed=args.seed, sampling=args.sampling,
@@ -104,10 +105,10 @@ def _prepare(args) -> int:
                        skip_invalid=opts["skip_invalid"], max_invalid_fraction=float(opts["max_invalid_fraction"]),
                        shard_mb=args.shard_mb, overwrite=args.overwrite, progress=not args.no_progress,
                        tokenizer_dir=tokenizer)
-  print(f"{os.path.abspath(args.out)}: {m['records']} records of {len(m['tasks'])} tasks, {m['tokens']} tokens in "
+  print(f"{paths.check(args.out)}: {m['records']} records of {len(m['tasks'])} tasks, {m['tokens']} tokens in "
         f"{len(m['shards'])} shard(s), lengths {m['max_query_length']}/{m['max_doc_length']}, "
         f"{m['num_negatives']} negative(s), {m['prepare_s']} s; train with --config.data.source=prepared "
-        f"--config.data.prepared={os.path.abspath(args.out)}", file=sys.stderr)
+        f"--config.data.prepared={paths.check(args.out)}", file=sys.stderr)
   return 0
 
 

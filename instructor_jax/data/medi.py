@@ -21,7 +21,7 @@ import re
 from typing import Any, Iterator, Optional, Sequence
 
 from instructor_jax.core import errors
-from instructor_jax.storage import files
+from instructor_jax.storage import files, paths
 
 log = logging.getLogger(__name__)
 
@@ -410,11 +410,13 @@ def read_medi(path: str, strict: bool = False, skip_invalid: bool = False, repor
 
   Raises ``MediError`` on the first bad record unless ``skip_invalid`` (then counted in ``report``).
   """
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    raise FileNotFoundError(f"{path} is a folder; pass a MEDI file (.json array or .jsonl)")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"MEDI file not found: {path}")
+  path = paths.check(path, "MEDI file")
+  if paths.is_gcs(path) and paths.isfile(path):
+    path = paths.local_copy(path)
+  if paths.isdir(path):
+    raise errors.DataError(f"{path} is a folder; pass a MEDI file (.json array or .jsonl)")
+  if not paths.isfile(path):
+    raise errors.DataError(f"MEDI file not found: {path}")
   fmt = fmt or detect_format(path)
   raw = _raw_array(path) if fmt == "array" else _raw_jsonl(path)
   report = report if report is not None else Report(path)

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from instructor_jax.data import medi
-from instructor_jax.storage import files
+from instructor_jax.storage import files, paths
 from instructor_jax.core.errors import DataError
 from instructor_jax.data.features import (MAX_INVALID_FRACTION, _TOKENIZE_CHUNK, Featurizer, check_invalid,
                                      content_fingerprint)
@@ -151,17 +151,29 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
+def local_store(path: str) -> str:
+  """A prepared folder to read rows from with ``pread``: ``path`` itself when local; for gs:// a local copy
+  (downloaded once per manifest: a store prepared again under the same name is downloaded again), checked like a
+  local one afterwards."""
+  path = paths.check(path, "prepared folder")
+  if not paths.is_gcs(path):
+    return path
+  manifest = read_manifest(path)
+  key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
+  return paths.local_copy(path, key=key)
+
+
 def _check_paths(medi_path: str, out_dir: str, overwrite: bool) -> None:
-  if os.path.isdir(medi_path):
+  if paths.isdir(medi_path):
     what = "a prepared folder already" if is_prepared(medi_path) else "a folder"
     raise DataError(f"{medi_path}: is {what}; `data prepare` reads a MEDI file (.json array or .jsonl)")
-  if not os.path.isfile(medi_path):
+  if not paths.isfile(medi_path):
     raise DataError(f"MEDI file not found: {medi_path}")
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+  if paths.isfile(out_dir):
     raise DataError(f"--out {out_dir}: is a file; name a folder")
-  if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
+  if paths.exists(paths.join(out_dir, MANIFEST)) and not overwrite:
     raise DataError(f"{out_dir} already holds prepared data; remove it or pass --overwrite")
-  if os.path.exists(out_dir) and not os.path.exists(os.path.join(out_dir, MANIFEST)) and os.listdir(out_dir):
+  if paths.isdir(out_dir) and not paths.exists(paths.join(out_dir, MANIFEST)) and paths.listdir(out_dir):
     raise DataError(f"{out_dir} exists and is not a prepared folder; choose an empty or new --out")
 
 
@@ -228,10 +240,12 @@ def prepare(medi_path: str, out_dir: str, featurizer: Featurizer, strict: bool =
   """Tokenises ``medi_path`` once with ``featurizer`` into ``out_dir`` (see the module docstring); returns the
   manifest. Records are those ``MediIndex.from_file`` loads with the same options, in the same order. Written with
   ``storage.files.atomic_folder``: ``out_dir`` appears complete or not at all (an old one stays until then)."""
-  out_dir = os.path.abspath(os.fspath(out_dir))
+  out_dir = paths.check(out_dir, "--out")
+  medi_path = paths.check(medi_path, "--medi")
   if not tokenizer_dir and os.path.isdir(getattr(featurizer.doc_tok.hf, "name_or_path", "") or ""):
     tokenizer_dir = featurizer.doc_tok.hf.name_or_path  # the folder the tokenizer was loaded from
   _check_paths(medi_path, out_dir, overwrite)
+  source_path, medi_path = medi_path, paths.local_copy(medi_path)
   t0 = time.time()
   dtype = np.uint16 if featurizer.doc_tok.vocab_size <= 65536 else np.int32
   report = medi.Report(medi_path)
@@ -254,6 +268,7 @@ def prepare(medi_path: str, out_dir: str, featurizer: Featurizer, strict: bool =
     options = {"strict": strict, "skip_invalid": skip_invalid, "max_invalid_fraction": max_invalid_fraction}
     manifest = _manifest(medi_path, featurizer, tokenizer_dir, dtype, options, report, names, arrays, shards,
                          index_path, t0)
+    manifest["source"]["path"] = source_path  # the file as the user named it (gs:// too), not a local copy
     files.write_json(os.path.join(tmp, MANIFEST), manifest, indent=1)  # last: a folder without it is never read
   return manifest
 
@@ -277,22 +292,22 @@ def _fingerprint(names: Sequence[str], arrays: dict) -> str:
 def is_prepared(path: str) -> bool:
   """A folder that holds (or was meant to hold) prepared data: ``manifest.json`` or ``index.npz`` inside."""
   path = os.fspath(path)
-  return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in (MANIFEST, INDEX))
+  return paths.isdir(path) and any(paths.exists(paths.join(path, f)) for f in (MANIFEST, INDEX))
 
 
 def read_manifest(path: str) -> dict:
   """The manifest of a prepared folder; a one-line ``DataError`` when the folder is not (or not yet) prepared."""
   path = os.fspath(path)
-  if not os.path.isdir(path):
+  if not paths.isdir(path):
     raise DataError(f"{path}: no such prepared folder (write one with `python -m instructor_jax.data prepare "
                     f"--medi FILE --out {path}`)")
-  mpath = os.path.join(path, MANIFEST)
-  if not os.path.isfile(mpath):
-    raise DataError(f"{path}: no {MANIFEST}: not a prepared folder, or its preparation did not finish (a prepare "
-                    f"writes the manifest last); run `python -m instructor_jax.data prepare` again")
+  mpath = paths.join(path, MANIFEST)
+  if not paths.isfile(mpath) or not files.is_complete(path):
+    raise DataError(f"{path}: no {MANIFEST} (or no {files.COMMIT} on gs://): not a prepared folder, or its "
+                    f"preparation did not finish (a prepare writes the manifest last); run `python -m "
+                    f"instructor_jax.data prepare` again")
   try:
-    with open(mpath) as f:
-      manifest = json.load(f)
+    manifest = json.loads(paths.read_text(mpath))
   except (OSError, json.JSONDecodeError) as e:
     raise DataError(f"{mpath}: unreadable manifest ({e})") from None
   if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
@@ -440,7 +455,7 @@ def open_prepared(path: str, featurizer=None, lengths: Optional[Sequence[int]] =
   """``PreparedIndex(path)``, checked against the training config: ``lengths`` = ``(max_query_length,
   max_doc_length, num_negatives)`` (default: the ``Featurizer``'s) and the tokenizer (``featurizer``: a
   ``Featurizer`` or a callable making one, used only when ``tokenizer_dir``'s files differ; see ``check``)."""
-  index = PreparedIndex(path)
+  index = PreparedIndex(local_store(path))
   if featurizer is not None:
     if lengths is None:
       lengths = (featurizer.max_query_length, featurizer.max_doc_length, featurizer.num_negatives)

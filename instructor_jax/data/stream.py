@@ -40,6 +40,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
+from instructor_jax.storage import paths
 from instructor_jax.data import packing
 from instructor_jax.data import prepared
 from instructor_jax.core.errors import DataError
@@ -93,14 +94,16 @@ def load_index(cfg, featurizer, tokenizer_dir: str = ""):
     return seqio_source.load_index(g("mixture_or_task"), *lengths, split=g("seqio_split"),
                                    modules=g("seqio_modules"))
   path = g("prepared") if source == "prepared" else g("medi_path")
-  if source == "prepared" or (path and os.path.isdir(path)):
+  if path:
+    path = paths.check(path, "config.data.prepared" if source == "prepared" else "config.data.medi_path")
+  if source == "prepared" or (path and paths.isdir(path)):
     if not path:
       raise DataError("config.data.source=prepared needs config.data.prepared (a folder written by data prepare)")
     return prepared.open_prepared(path, featurizer, lengths, tokenizer_dir), None
   if g("tfds_data_dir"):
     return MediIndex.from_tfds(g("tfds_data_dir"), strict=bool(g("strict")), featurizer=featurizer()), None
   if path:
-    return MediIndex.from_file(path, strict=bool(g("strict")), skip_invalid=bool(g("skip_invalid")),
+    return MediIndex.from_file(paths.local_copy(path), strict=bool(g("strict")), skip_invalid=bool(g("skip_invalid")),
                                featurizer=featurizer(), max_invalid_fraction=float(g("max_invalid_fraction"))), None
   raise ValueError("config.data needs medi_path (a MEDI .json/.jsonl file or a prepared folder), prepared, "
                    "tfds_data_dir or source=seqio with mixture_or_task")

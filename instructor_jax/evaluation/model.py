@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from instructor_jax.storage import paths
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
@@ -64,6 +66,8 @@ def model_dir(folder: str) -> str:
 
 def local_name(path: str) -> str:
   """``local/<name>``: the folder's name (the workdir's for ``WORKDIR/STEP``)."""
+  if paths.scheme(path):
+    return "local/" + re.sub(r"[^A-Za-z0-9._-]+", "_", paths.basename(paths.check(path)))
   path = os.path.normpath(os.path.abspath(path))
   base = os.path.basename(path)
   if base.isdigit() and is_orbax(os.path.dirname(path)):
@@ -139,8 +143,9 @@ def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype
     inst = Instructor.from_loaded(src, dtype=cdtype, max_length=max_length)
     return inst, info, d_model, lambda: None
   folder = loader.resolve(model)
-  hub_id = model if not os.path.exists(model) else None
-  ident = dict(name=name or hub_id or local_name(folder), revision=folder_revision(folder), framework=framework)
+  hub_id = model if not (os.path.exists(model) or paths.scheme(model)) else None
+  ident = dict(name=name or hub_id or local_name(model if paths.scheme(model) else folder),
+               revision=folder_revision(folder), framework=framework)
   if backend == "torch":
     with open(os.path.join(model_dir(folder), "config.json"), encoding="utf-8") as f:
       cfg = hf.config_from_hf(json.load(f))

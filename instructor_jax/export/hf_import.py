@@ -6,14 +6,13 @@ imported weights); the saved parameters are restored and compared bit for bit be
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from instructor_jax.core import errors
 from instructor_jax.data.tokenization import check_vocab
 from instructor_jax.models import loader
-from instructor_jax.storage import checkpoints
+from instructor_jax.storage import checkpoints, paths
 
 
 def import_hf(model: str, workdir: str, step: int = 0, log=print) -> str:
@@ -22,8 +21,8 @@ def import_hf(model: str, workdir: str, step: int = 0, log=print) -> str:
   ``save_params`` copies the tokenizer files into the workdir, so the checkpoint does not depend on the source.
   The saved parameters are restored and compared bit for bit.
   """
-  workdir = os.path.abspath(workdir)
-  if os.path.isdir(workdir) and any(n.split(".")[0].isdigit() for n in os.listdir(workdir)):
+  workdir = paths.check(workdir, "--out")
+  if paths.isdir(workdir) and any(n.split(".")[0].isdigit() for n in paths.listdir(workdir)):
     raise errors.ExportError(f"{workdir} already holds checkpoints; from-hf writes a new workdir (training would resume "
                        "from its latest step, not from the imported weights)")
   src = loader.load(model)
@@ -36,7 +35,7 @@ def import_hf(model: str, workdir: str, step: int = 0, log=print) -> str:
           "out_features": src.out_features, "normalize": bool(src.normalize), "tokenizer_dir": src.tokenizer_dir,
           "source": model, "max_seq_length": src.max_seq_length or 512}
   checkpoints.save_params(workdir, params, meta, step=step)
-  restored, _ = checkpoints.restore_params(os.path.join(workdir, str(step)))
+  restored, _ = checkpoints.restore_params(paths.join(workdir, str(step)))
   import jax
   flat_a = jax.tree_util.tree_leaves_with_path(params)
   flat_b = dict(jax.tree_util.tree_leaves_with_path(restored))

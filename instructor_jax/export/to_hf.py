@@ -23,7 +23,7 @@ from instructor_jax.export import card as card_lib
 from instructor_jax.export import folder as folder_lib
 from instructor_jax.export import verify as verify_lib
 from instructor_jax.models import hf, loader, registry
-from instructor_jax.storage import files
+from instructor_jax.storage import files, paths
 
 DTYPES = folder_lib.DTYPES
 _TEMP = re.compile(r"^\.(.+)\.(tmp|old)-")
@@ -32,9 +32,10 @@ _TEMP = re.compile(r"^\.(.+)\.(tmp|old)-")
 def export_model(out: str, *, checkpoint: Optional[str] = None, model: Optional[str] = None, legacy: bool = False,
                  dtype: str = "float32", max_seq_length: Optional[int] = None, name: Optional[str] = None,
                  training_config: Optional[Mapping[str, Any]] = None, eval_results_path: Optional[str] = None,
-                 overwrite: bool = False, verify: bool = True) -> str:
+                 overwrite: bool = False, verify: bool = True, matryoshka_dims=None) -> str:
   """Exports ``checkpoint`` (an orbax workdir or ``WORKDIR/STEP``) or ``model`` (an HF folder / hub id) to ``out``;
-  returns the folder."""
+  returns the folder. ``matryoshka_dims`` (default: the training config's ``loss.matryoshka_dims``, or what an
+  exported source folder records) are listed in the model card and ``config_sentence_transformers.json``."""
   if (checkpoint is None) == (model is None):
     raise ValueError("export_model needs exactly one of checkpoint= or model=")
   _check_out(out, overwrite)  # before loading anything: an unwritable --out is a one-line error at once
@@ -44,17 +45,43 @@ def export_model(out: str, *, checkpoint: Optional[str] = None, model: Optional[
     source = f"{checkpoint} (step {src.step})" if src.step is not None else checkpoint
   else:
     source = model
-  card = {"name": name or os.path.basename(os.path.abspath(out)), "training_config": training_config,
+  if matryoshka_dims is None:
+    matryoshka_dims = trained_dims(training_config) or recorded_dims(None if checkpoint is not None else model)
+  card = {"name": name or paths.basename(paths.check(out, "--out")), "training_config": training_config,
           "eval_results": card_lib.eval_results(eval_results_path), "source": source}
   return export_folder(src.params, src.hf_config, out, tokenizer_dir=src.tokenizer_dir, normalize=src.normalize,
                        legacy=legacy, dtype=dtype, max_seq_length=max_seq_length or src.max_seq_length or 512,
-                       card=card, overwrite=overwrite, verify=verify)
+                       card=card, overwrite=overwrite, verify=verify, matryoshka_dims=matryoshka_dims)
+
+
+def trained_dims(training_config: Optional[Mapping[str, Any]]) -> tuple:
+  """The Matryoshka dimensions a run was trained with (``loss.matryoshka_dims``; () when none or not known)."""
+  loss = (training_config or {}).get("loss") or {}
+  return tuple(int(d) for d in (loss.get("matryoshka_dims") or ()))
+
+
+def recorded_dims(folder: Optional[str]) -> tuple:
+  """The Matryoshka dimensions an exported folder records (``config_sentence_transformers.json``), else ()."""
+  import json
+  path = os.path.join(folder, "config_sentence_transformers.json") if folder and os.path.isdir(folder) else ""
+  if not path or not os.path.exists(path):
+    return ()
+  try:
+    with open(path, encoding="utf-8") as f:
+      return tuple(int(d) for d in json.load(f).get(folder_lib.MATRYOSHKA_KEY) or ())
+  except (OSError, ValueError, TypeError, AttributeError):
+    return ()
 
 
 def _check_out(out: str, overwrite: bool) -> None:
-  out = os.path.abspath(os.fspath(out))
-  if os.path.exists(out) and not overwrite:
+  out = paths.check(out, "--out")
+  if paths.exists(out) and not overwrite:
     raise errors.ExportError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+  if paths.is_gcs(out):
+    probe = f"{out}.probe-{os.getpid()}"
+    files.write_text(probe, "")
+    paths.remove(probe)
+    return
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(out)}.probe-", dir=parent):
@@ -95,17 +122,20 @@ def _sigterm_as_exception():
 def export_folder(params: Mapping[str, Any], config: registry.Config | Mapping[str, Any], out: str, *,
                   tokenizer_dir: str, normalize: bool = True, legacy: bool = False, dtype: str = "float32",
                   max_seq_length: int = 512, card: str | Mapping[str, Any] | None = None, overwrite: bool = False,
-                  verify: bool = True, log=print) -> str:
+                  verify: bool = True, log=print, matryoshka_dims=()) -> str:
   """Writes ``params`` (the ``InstructorModel`` pytree, any float dtype) as an HF / sentence-transformers folder.
 
   ``config``: a backbone config or the encoder's HF ``config.json`` dict (the backbone is its ``model_type``).
   ``params['dense']['kernel'] [in, out]`` becomes ``2_Dense`` (absent: no Dense module). ``card``: the README text,
   or a dict of ``card.model_card`` keyword arguments (``name``, ``training_config``, ``eval_results``, ``source``).
   ``max_seq_length`` and the verification length are capped by the backbone (BERT: ``max_position_embeddings``).
-  The folder appears at ``out`` only complete and verified; returns ``out``.
+  ``matryoshka_dims``: the trained Matryoshka dimensions, listed in the card and recorded in
+  ``config_sentence_transformers.json`` (no default ``truncate_dim``: the folder embeds at full size unless
+  ``SentenceTransformer(out, truncate_dim=k)``). The folder appears at ``out`` only complete and verified; returns
+  ``out``.
   """
-  out = os.path.abspath(os.fspath(out))
-  if os.path.exists(out) and not overwrite:
+  out = paths.check(out, "--out")
+  if paths.exists(out) and not overwrite:
     raise errors.ExportError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
   if dtype not in DTYPES:
     raise errors.ExportError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -121,15 +151,17 @@ def export_folder(params: Mapping[str, Any], config: registry.Config | Mapping[s
   hf.check_state(state, cfg, where="params")
   if not isinstance(card, str):
     kw = dict(card or {})
-    kw.setdefault("name", os.path.basename(out))
+    kw.setdefault("name", paths.basename(out))
     card = card_lib.model_card(legacy=legacy, dim=int(dense.shape[0]) if dense is not None else cfg.d_model,
                                config=cfg, max_seq_length=max_seq_length, dtype=dtype, dense=dense is not None,
-                               normalize=normalize, **kw)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  remove_stale_exports(out, log)
+                               normalize=normalize, matryoshka_dims=tuple(matryoshka_dims or ()), **kw)
+  if not paths.is_gcs(out):  # on gs:// the folder is built in a local temporary folder, then uploaded
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    remove_stale_exports(out, log)
   with _sigterm_as_exception(), files.atomic_folder(out, overwrite=overwrite, log=log) as tmp:
     folder_lib.write_folder(tmp, state, dense, hf_cfg, tokenizer_dir, normalize=normalize, legacy=legacy,
-                            dtype=dtype, max_seq_length=max_seq_length, card=card)
+                            dtype=dtype, max_seq_length=max_seq_length, card=card,
+                            matryoshka_dims=tuple(matryoshka_dims or ()))
     if verify:
       expected = verify_lib.source_embeddings(params, cfg, normalize, tokenizer_dir, verify_lib.VERIFY_PAIRS,
                                               verify_length)

@@ -17,6 +17,7 @@ import numpy as np
 from instructor_jax.core import errors
 from instructor_jax.data.tokenization import check_vocab
 from instructor_jax.models import hf, registry
+from instructor_jax.storage import files, paths
 
 
 @dataclasses.dataclass
@@ -54,8 +55,17 @@ def looks_local(path: str) -> bool:
 
 
 def resolve(path_or_hub_id: str | os.PathLike) -> str:
-  """A local folder as it is, else the hub snapshot of ``org/name``."""
+  """A local folder as it is, a gs:// folder's local copy (``paths.local_copy``), else the hub snapshot of
+  ``org/name``; another URL scheme is a one-line error."""
   path = os.fspath(path_or_hub_id)
+  if paths.scheme(path):
+    path = paths.check(path, "model")
+    if not paths.isdir(path):
+      raise FileNotFoundError(errno.ENOENT, "no such folder (a model folder, a training workdir or WORKDIR/STEP)",
+                              path)
+    if not files.is_complete(path):
+      raise errors.CheckpointError(f"{path}: incomplete (no {files.COMMIT}: its export did not finish)")
+    return paths.local_copy(path)
   if os.path.isdir(path):
     return path
   if os.path.exists(path):
@@ -101,7 +111,8 @@ def _load_folder(path: str, params_dtype) -> Loaded:
   folder = hf.read_folder(root)
   params = hf.to_flax(folder.state, folder.config, folder.dense, dtype=np.dtype(params_dtype or np.float32))
   return Loaded(folder.config, params, folder.hf_config, folder.model_dir, folder.normalize, root, "folder",
-                max_seq_length=folder.max_seq_length, hub_id=None if os.path.exists(path) else path)
+                max_seq_length=folder.max_seq_length,
+                hub_id=None if (os.path.exists(path) or paths.scheme(path)) else path)
 
 
 def _meta_get(meta, *names, default=None):
@@ -122,7 +133,7 @@ def _load_checkpoint(path: str, log) -> Loaded:
   backbone = registry.get(hf_config.get("model_type", "t5"))
   cfg = backbone.match_params(backbone.Config.from_hf(hf_config), params)
   tokenizer_dir = _meta_get(meta, "tokenizer_dir", "tokenizer")
-  if tokenizer_dir is None or not os.path.isdir(tokenizer_dir):
+  if tokenizer_dir is None or not paths.isdir(tokenizer_dir):
     raise errors.CheckpointError(f"{path}: checkpoint metadata names no existing tokenizer folder "
                                  f"({tokenizer_dir!r})")
   check_vocab(cfg.vocab_size, tokenizer_dir)

@@ -34,12 +34,12 @@ import errno
 import json
 import logging
 import os
-import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from instructor_jax.storage import files, paths
 from instructor_jax.core import errors
 
 ITEMS = ("params", "train", "data", "meta")
@@ -49,7 +49,7 @@ TOKENIZER_FILES = ("spiece.model", "vocab.txt", "tokenizer.json", "tokenizer_con
 
 
 def _abs(path: str) -> str:
-  return os.path.abspath(os.fspath(path))
+  return paths.check(path, "checkpoint path")
 
 
 CheckpointError = errors.CheckpointError  # core/errors.py
@@ -154,38 +154,51 @@ logging.getLogger("absl").addFilter(_ReadOnlyNotes())
 
 def manager(workdir: str, max_to_keep: int | None = 3, async_save: bool = True, read_only: bool = False
             ) -> ocp.CheckpointManager:
+  remote = paths.is_gcs(workdir)
+  if remote and not read_only:
+    remove_unfinished_steps(workdir)
+  # On gs:// orbax takes every sub-folder without its commit marker for an unfinished step, and would delete
+  # WORKDIR/tokenizer, tensorboard, eval and export: there we remove only unfinished *step* folders ourselves.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not read_only,
+      max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not (read_only or remote),
       enable_async_checkpointing=async_save, read_only=read_only)
   handlers = dict(params=ocp.StandardCheckpointHandler(), train=ocp.StandardCheckpointHandler(),
                   data=ocp.JsonCheckpointHandler(), meta=ocp.JsonCheckpointHandler())
   return ocp.CheckpointManager(_abs(workdir), item_handlers=handlers, options=options)
 
 
+def remove_unfinished_steps(workdir: str) -> list[str]:
+  """gs://: the step folders a killed save left without ``commit_success.txt`` (process 0); returns them."""
+  removed = []
+  if jax.process_index() == 0 and paths.isdir(workdir):
+    for name in paths.listdir(workdir):
+      step_dir = paths.join(workdir, name)
+      if name.isdigit() and not paths.exists(paths.join(step_dir, files.COMMIT)):
+        paths.rmtree(step_dir)
+        removed.append(step_dir)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("instructor_jax: unfinished steps removed")
+  return removed
+
+
 def copy_tokenizer(src_dir: str, workdir: str) -> str:
   """Copies the tokenizer files of ``src_dir`` into ``WORKDIR/tokenizer`` (process 0 only); returns the folder."""
-  dst = os.path.join(_abs(workdir), TOKENIZER_SUBDIR)
-  if jax.process_index() == 0 and _abs(src_dir) != dst:
-    if not os.path.isdir(dst):
-      os.makedirs(dst)
+  dst = paths.join(_abs(workdir), TOKENIZER_SUBDIR)
+  src_dir = paths.local_copy(_abs(src_dir))
+  if jax.process_index() == 0 and src_dir != dst:
+    paths.makedirs(dst)
     found = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(src_dir, f))]
     if not found:
       raise FileNotFoundError(f"{src_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     for f in found:
-      src, out = os.path.join(src_dir, f), os.path.join(dst, f)
-      if os.path.exists(out) and _same_bytes(src, out):
+      with open(os.path.join(src_dir, f), "rb") as fh:
+        data = fh.read()
+      out = paths.join(dst, f)
+      if paths.exists(out) and paths.read_bytes(out) == data:
         continue  # nothing to write (a read-only finished workdir stays untouched)
-      tmp = out + ".tmp"
-      shutil.copyfile(src, tmp)
-      os.replace(tmp, out)
+      files.write_bytes(out, data)
   return dst
-
-
-def _same_bytes(a: str, b: str) -> bool:
-  if os.path.getsize(a) != os.path.getsize(b):
-    return False
-  with open(a, "rb") as fa, open(b, "rb") as fb:
-    return fa.read() == fb.read()
 
 
 def tokenizer_files(folder: str) -> list[str]:
@@ -249,7 +262,7 @@ class Checkpointer:
   def restore(self, step: int, abstract_params, abstract_train):
     """Restores and verifies ``(params, train, data_state, meta)`` of ``step`` onto the shardings of the abstract
     trees; raises ``CheckpointError`` with one line when the step cannot be used."""
-    where = f"{self.workdir}/{step}"
+    where = paths.join(self.workdir, str(step))
     try:
       items = self.mgr.item_metadata(step)
       if items.get("train") is None and items.get("params") is not None and items.get("meta") is not None:
@@ -306,16 +319,17 @@ class Checkpointer:
     return None, None
 
   def _move_aside(self, steps, log):
-    """Renames damaged step folders to ``<step>.corrupt`` (process 0), then reloads the manager's step list."""
+    """Renames damaged step folders to ``<step>.corrupt`` (process 0; on gs:// a copy then delete, objects have
+    no rename), then reloads the manager's step list."""
     self.mgr.wait_until_finished()
     if jax.process_index() == 0:
       for step in steps:
-        src = os.path.join(self.workdir, str(step))
+        src = paths.join(self.workdir, str(step))
         dst = src + ".corrupt"
         n = 1
-        while os.path.exists(dst):
+        while paths.exists(dst):
           dst, n = f"{src}.corrupt{n}", n + 1
-        os.rename(src, dst)
+        paths.rename(src, dst)
         log(f"moved {src} to {dst} (kept for inspection; it is no longer a checkpoint)")
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
@@ -346,18 +360,18 @@ def _os_error(e: BaseException) -> OSError | None:
 
 def is_checkpoint(path: str) -> bool:
   """A training workdir (step folders, no ``config.json`` / ``modules.json``) or one of its step folders."""
-  if not os.path.isdir(path):
+  if not paths.isdir(path):
     return False
-  names = os.listdir(path)
+  names = paths.listdir(path)
   if "config.json" in names or "modules.json" in names:
     return False
-  return any(n.isdigit() and os.path.isdir(os.path.join(path, n)) for n in names) or (
+  return any(n.isdigit() and paths.isdir(paths.join(path, n)) for n in names) or (
       "params" in names and ("meta" in names or "_CHECKPOINT_METADATA" in names))
 
 
 def latest_step(workdir: str) -> int | None:
   """The newest complete step of ``workdir`` (read only; None when there is none or no such folder)."""
-  if not os.path.isdir(workdir):
+  if not paths.isdir(workdir):
     return None
   mgr = manager(workdir, max_to_keep=None, async_save=False, read_only=True)
   try:
@@ -368,14 +382,14 @@ def latest_step(workdir: str) -> int | None:
 
 def _split_path(path: str) -> tuple[str, int | None]:
   path = _abs(path).rstrip("/")
-  base = os.path.basename(path)
-  if base.isdigit() and os.path.isdir(os.path.join(path, "params")):
-    return os.path.dirname(path), int(base)
+  base = paths.basename(path)
+  if base.isdigit() and paths.isdir(paths.join(path, "params")):
+    return paths.dirname(path), int(base)
   return path, None
 
 
 def _restore_params_step(mgr, workdir: str, step: int):
-  where = f"{workdir}/{step}"
+  where = paths.join(workdir, str(step))
   try:
     meta_item = mgr.item_metadata(step)
     tree_meta = meta_item["params"]
@@ -408,7 +422,7 @@ def restore_params(path: str, log=None) -> tuple[dict, dict]:
   import sys
   log = log or (lambda m: print(m, file=sys.stderr, flush=True))
   workdir, step = _split_path(path)
-  if not os.path.isdir(workdir):
+  if not paths.isdir(workdir):
     raise FileNotFoundError(f"{workdir}: no such checkpoint folder")
   mgr = manager(workdir, max_to_keep=None, async_save=False, read_only=True)
   skipped = []
@@ -437,7 +451,8 @@ def restore_params(path: str, log=None) -> tuple[dict, dict]:
   if any(meta.get(k) for k in ("model_config", "t5_config", "hf_config")):  # old checkpoints: only t5_config
     meta.update(backbone_meta(model_config(meta)))
   tok = meta.get("tokenizer_dir", TOKENIZER_SUBDIR)
-  meta["tokenizer_dir"] = tok if os.path.isabs(tok) else os.path.join(workdir, tok)
+  tok = tok if (os.path.isabs(tok) or paths.is_gcs(tok)) else paths.join(workdir, tok)
+  meta["tokenizer_dir"] = paths.local_copy(tok)  # transformers reads local folders: a gs:// one is cached here
   meta["tokenizer_files"] = tokenizer_files(meta["tokenizer_dir"])
   meta.pop("checksums", None)
   model = params.pop("model", None)
@@ -480,7 +495,7 @@ def save_params(workdir: str, params: dict, meta: dict, step: int = 0) -> str:
       raise ValueError(f"save_params: meta needs {key!r}")
   meta = {**meta, **backbone_meta(model_config(meta))}
   workdir = _abs(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   copy_tokenizer(meta["tokenizer_dir"], workdir)
   m = {k: v for k, v in meta.items() if k not in ("step", "tokenizer_files", "log_temperature")}
   m["tokenizer_dir"] = TOKENIZER_SUBDIR
@@ -495,7 +510,7 @@ def save_params(workdir: str, params: dict, meta: dict, step: int = 0) -> str:
     mgr.wait_until_finished()
   finally:
     mgr.close()
-  return os.path.join(workdir, str(step))
+  return paths.join(workdir, str(step))
 
 
 def _json_default(o):

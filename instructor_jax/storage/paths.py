@@ -18,6 +18,7 @@ from instructor_jax.core.errors import UserError
 
 SUPPORTED = ("gs",)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):/")
+KEEP = ".keep"                        # an empty folder's marker object on Cloud Storage
 CACHE_ENV = "INSTRUCTOR_JAX_CACHE"   # where gs:// files needed locally are kept (default ~/.cache/instructor_jax)
 
 
@@ -68,7 +69,12 @@ def dirname(path: str) -> str:
 
 
 def epath(path):
-  """``etils.epath.Path`` for ``path`` (imported lazily: the data tools stay light)."""
+  """``etils.epath.Path`` for ``path`` (imported lazily: the data tools stay light). gcsfs's listing cache is
+  off: a trainer polls folders that other processes write (steps, the lock, metrics), and a cached listing would
+  hide them."""
+  import fsspec
+  for protocol in ("gs", "gcs"):
+    fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
   from etils import epath as ep
   return ep.Path(path)
 
@@ -116,6 +122,14 @@ def remove(path: str) -> None:
     os.remove(path)
 
 
+def rename(src: str, dst: str) -> None:
+  """A folder or file rename; on gs:// (no rename) a copy of every object, then the source is deleted."""
+  if is_gcs(src):
+    epath(src).rename(epath(dst))
+  else:
+    os.rename(src, dst)
+
+
 def open_file(path: str, mode: str = "r"):
   return epath(path).open(mode) if is_gcs(path) else open(path, mode, **({} if "b" in mode else
                                                                           {"encoding": "utf-8"}))
@@ -135,8 +149,10 @@ def walk_files(path: str) -> Iterator[str]:
   """Every file under ``path``, as paths relative to it (sorted)."""
   if is_gcs(path):
     root = epath(path)
+    bare = str(root).split("://", 1)[-1].rstrip("/")   # epath's walk may drop the scheme
     for dirpath, _, names in root.walk():
-      rel = str(dirpath)[len(str(root)):].strip("/")
+      d = str(dirpath).split("://", 1)[-1].rstrip("/")
+      rel = d[len(bare):].strip("/") if d.startswith(bare) else ""
       for n in sorted(names):
         yield f"{rel}/{n}" if rel else n
   else:
@@ -150,12 +166,25 @@ def cache_dir() -> str:
   return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "instructor_jax")
 
 
-def local_copy(path: str, refresh: bool = False) -> str:
+def generations(path: str) -> str:
+  """A digest of what a gs:// file or folder holds now: every object's name, generation and size (one listing)."""
+  import fsspec
+  epath(path)  # the filesystem settings
+  fs = fsspec.filesystem("gs")
+  found = fs.find(path, detail=True) or {path: fs.info(path)}
+  h = hashlib.sha256()
+  for name in sorted(found):
+    h.update(f"{name}\0{found[name].get('generation')}\0{found[name].get('size')}\0".encode())
+  return h.hexdigest()[:16]
+
+
+def local_copy(path: str, refresh: bool = False, key: str = "") -> str:
   """A local path with ``path``'s content: ``path`` itself when local; for gs:// a copy in ``cache_dir()`` (a file
-  or a whole folder), downloaded into a temporary name and renamed, so a partial copy is never used."""
+  or a whole folder), keyed by the objects' generations (``key`` overrides), so a rewritten object is fetched
+  again; downloaded into a temporary name and renamed, so a partial copy is never used."""
   if not is_gcs(path):
     return path
-  key = hashlib.sha256(path.encode()).hexdigest()[:16]
+  key = hashlib.sha256(f"{path}\0{key or generations(path)}".encode()).hexdigest()[:16]
   dest = os.path.join(cache_dir(), "gcs", key, basename(path))
   if os.path.exists(dest) and not refresh:
     return dest
@@ -181,6 +210,9 @@ def upload(local: str, dest: str, last: tuple[str, ...] = ()) -> None:
   if os.path.isfile(local):
     epath(local).copy(dest, overwrite=True) if is_gcs(dest) else shutil.copyfile(local, dest)
     return
+  for dirpath, dirs, names in os.walk(local):  # Cloud Storage has no empty folders: keep them with a marker
+    if not dirs and not names:
+      open(os.path.join(dirpath, KEEP), "w").close()
   rels = list(walk_files(local))
   for rel in [r for r in rels if r not in last] + [r for r in last if r in rels]:
     target = join(dest, *rel.split(os.sep))

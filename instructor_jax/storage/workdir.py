@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from instructor_jax.core.errors import UserError
+from instructor_jax.storage import files, paths
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 10.0
@@ -41,80 +42,122 @@ class LockedError(UserError, RuntimeError):
   """The workdir is held by another live trainer."""
 
 
-def _start_time(pid: int) -> str | None:
-  """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or None if unknown."""
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[19]
-  except (OSError, IndexError):
-    return None
-
-
-def _alive(pid: int, start_time: str | None) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    pass  # exists, someone else's
-  now = _start_time(pid)
-  return start_time is None or now is None or now == start_time
-
-
 def _describe(info: dict) -> str:
   started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.get("started", 0)))
   beat = time.time() - float(info.get("heartbeat", 0))
   return f"pid {info.get('pid')} on host {info.get('host')}, started {started}, last heartbeat {beat:.0f} s ago"
 
 
+class _LocalFile:
+  """The lock as a local file: create with ``O_EXCL``, replace by rename."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def read(self):
+    """``(info, token)``: ``(None, None)`` when absent, ``({}, token)`` when unreadable."""
+    try:
+      with open(self.path) as f:
+        return json.load(f), None
+    except FileNotFoundError:
+      return None, None
+    except (OSError, ValueError):
+      return {}, None  # half-written or garbage: treated like a lock whose heartbeat is unknown
+
+  def create(self, data: bytes) -> bool:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    try:
+      fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    return True
+
+  def replace(self, data: bytes, token) -> bool:
+    files.write_bytes(self.path, data)
+    return True
+
+  def delete(self, token) -> None:
+    try:
+      os.remove(self.path)
+    except OSError:
+      pass
+
+
+class _GcsObject:
+  """The lock as a Cloud Storage object: create with ``ifGenerationMatch=0`` (only one creator wins), replace and
+  delete only the generation we read (compare-and-swap), so two trainers can never both hold it."""
+
+  def __init__(self, path: str):
+    from google.cloud import storage
+    bucket, _, name = path[len("gs://"):].partition("/")
+    self.path = path
+    self.blob_name = name
+    self.bucket = storage.Client().bucket(bucket)
+
+  def read(self):
+    from google.api_core import exceptions
+    blob = self.bucket.blob(self.blob_name)
+    try:
+      data = blob.download_as_bytes()
+    except exceptions.NotFound:
+      return None, None
+    try:
+      return json.loads(data), blob.generation
+    except ValueError:
+      return {}, blob.generation
+
+  def _upload(self, data: bytes, generation) -> bool:
+    from google.api_core import exceptions
+    try:
+      self.bucket.blob(self.blob_name).upload_from_string(data, content_type="application/json",
+                                                          if_generation_match=generation)
+      return True
+    except exceptions.PreconditionFailed:
+      return False
+
+  def create(self, data: bytes) -> bool:
+    return self._upload(data, 0)
+
+  def replace(self, data: bytes, token) -> bool:
+    return self._upload(data, token)
+
+  def delete(self, token) -> None:
+    from google.api_core import exceptions
+    try:
+      self.bucket.blob(self.blob_name).delete(if_generation_match=token)
+    except (exceptions.NotFound, exceptions.PreconditionFailed):
+      pass
+
+
 class WorkdirLock:
   """``with WorkdirLock(workdir, log):`` -- held by process 0 for the whole run (see the module docstring)."""
 
   def __init__(self, workdir: str, log=print):
-    self.path = os.path.join(os.path.abspath(workdir), LOCK_NAME)
+    workdir = paths.check(workdir, "--workdir")
+    self.workdir = workdir
+    self.path = paths.join(workdir, LOCK_NAME)
+    self.file = _GcsObject(self.path) if paths.is_gcs(workdir) else _LocalFile(self.path)
     self.log = log
     self.info = None
+    self.token = None
     self._stop = threading.Event()
     self._thread = None
 
   def _mine(self) -> dict:
     now = time.time()
-    return dict(pid=os.getpid(), host=socket.gethostname(), start_time=_start_time(os.getpid()),
+    return dict(pid=os.getpid(), host=socket.gethostname(), start_time=files.start_time(os.getpid()),
                 run=uuid.uuid4().hex, started=now, heartbeat=now, argv=sys.argv)
-
-  def _read(self) -> dict | None:
-    try:
-      with open(self.path) as f:
-        return json.load(f)
-    except FileNotFoundError:
-      return None
-    except (OSError, ValueError):
-      return {}  # half-written or garbage: treated like a lock whose heartbeat is unknown
 
   def _stale(self, info: dict) -> str | None:
     """Why ``info``'s holder is gone, or None if it may be alive."""
     if info.get("host") == socket.gethostname() and "pid" in info:
-      return None if _alive(int(info["pid"]), info.get("start_time")) else "not running"
+      return None if files.alive(int(info["pid"]), info.get("start_time")) else "not running"
     age = time.time() - float(info.get("heartbeat", 0))
     if age > STALE_S:
       return f"no heartbeat for {age:.0f} s"
     return None
-
-  def _write(self, info: dict, exclusive: bool) -> bool:
-    data = json.dumps(info).encode()
-    if exclusive:
-      try:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-      except FileExistsError:
-        return False
-      with os.fdopen(fd, "wb") as f:
-        f.write(data)
-      return True
-    tmp = f"{self.path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, self.path)
-    return True
 
   def acquire(self) -> None:
     ok, message = True, ""
@@ -127,57 +170,59 @@ class WorkdirLock:
       from jax.experimental import multihost_utils
       ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
       if not ok and not message:
-        message = f"{os.path.dirname(self.path)} is locked by another trainer (see process 0's message)"
+        message = f"{self.workdir} is locked by another trainer (see process 0's message)"
     if not ok:
       raise LockedError(message)
 
   def _acquire_here(self) -> None:
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
     mine = self._mine()
+    data = json.dumps(mine).encode()
     for _ in range(5):
-      if self._write(mine, exclusive=True):
+      if self.file.create(data):
         break
-      held = self._read()
+      held, token = self.file.read()
       if held is None:
         continue  # released meanwhile: try again
       why = self._stale(held)
       if why is None:
-        raise LockedError(f"{os.path.dirname(self.path)} is in use by another trainer ({_describe(held)}); two "
-                          f"trainers would overwrite each other's checkpoints. Stop it first, or use another "
-                          f"--workdir (lock file: {self.path})")
-      self.log(f"taking over the lock of {os.path.dirname(self.path)} from "
+        raise LockedError(f"{self.workdir} is in use by another trainer ({_describe(held)}); two trainers would "
+                          f"overwrite each other's checkpoints. Stop it first, or use another --workdir (lock "
+                          f"file: {self.path})")
+      self.log(f"taking over the lock of {self.workdir} from "
                f"{held.get('pid', '?')} on host {held.get('host', '?')} ({why})")
-      self._write(mine, exclusive=False)
+      if not self.file.replace(data, token):
+        continue  # someone else replaced it first: look again
       time.sleep(0.05)
-      if (self._read() or {}).get("run") == mine["run"]:
+      if (self.file.read()[0] or {}).get("run") == mine["run"]:
         break
     else:
       raise LockedError(f"{self.path}: could not take the lock (another trainer keeps taking it)")
     self.info = mine
+    self.token = self.file.read()[1]
     self._thread = threading.Thread(target=self._beat, daemon=True, name="workdir-lock-heartbeat")
     self._thread.start()
 
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_S):
-      held = self._read()
+      held, token = self.file.read()
       if not held or held.get("run") != self.info["run"]:
         self.log(f"warning: {self.path} is no longer ours ({_describe(held) if held else 'removed'})")
         return
       self.info["heartbeat"] = time.time()
       try:
-        self._write(self.info, exclusive=False)
-      except OSError as e:
+        if self.file.replace(json.dumps(self.info).encode(), token):
+          self.token = self.file.read()[1]
+      except Exception as e:  # a network hiccup must not stop training; the next beat tries again
         self.log(f"warning: cannot refresh {self.path}: {e}")
 
   def release(self) -> None:
     self._stop.set()
     if self._thread is not None:
       self._thread.join(timeout=5)
-    if self.info is not None and (self._read() or {}).get("run") == self.info["run"]:
-      try:
-        os.remove(self.path)
-      except OSError:
-        pass
+    if self.info is not None:
+      held, token = self.file.read()
+      if (held or {}).get("run") == self.info["run"]:
+        self.file.delete(token)
     self.info = None
 
   def __enter__(self):
@@ -189,21 +234,21 @@ class WorkdirLock:
 
 
 def check_writable(workdir: str) -> None:
-  """At start, before any step: ``workdir`` has a UTF-8 path (orbax / tensorstore need one), is a folder (made if
-  missing) and can be written; else a one-line ``UserError`` naming it."""
+  """At start, before any step: ``workdir`` is local or gs:// (another scheme is refused), has a UTF-8 path (orbax /
+  tensorstore need one), is a folder (made if missing) and can be written; else a one-line ``UserError``."""
   try:
     os.fsdecode(os.fsencode(workdir)).encode("utf-8")
   except UnicodeError:
     raise UserError(f"--workdir {workdir!r}: the path is not valid UTF-8 (checkpoints need a UTF-8 path); "
                     f"choose another name") from None
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  workdir = paths.check(workdir, "--workdir")
+  if not paths.is_gcs(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir {workdir}: exists and is not a folder")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write-probe-{uuid.uuid4().hex}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    paths.makedirs(workdir)
+    probe = paths.join(workdir, f".write-probe-{uuid.uuid4().hex}")
+    files.write_text(probe, "ok")
+    paths.remove(probe)
   except OSError as e:
     raise UserError(f"--workdir {workdir}: cannot write there ({e.strerror or e})") from None
 

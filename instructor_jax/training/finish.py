@@ -5,13 +5,12 @@ workdir finishes it.
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import ml_collections
 
 from instructor_jax.core import errors, log
-from instructor_jax.storage import checkpoints
+from instructor_jax.storage import checkpoints, paths
 
 
 def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -19,7 +18,7 @@ def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
   a verified sentence-transformers folder, ``WORKDIR/export`` by default, whose model card carries the scores)."""
   if jax.process_index() != 0 or not (config.eval.data_dir or config.export.enabled):
     return
-  workdir = os.path.abspath(workdir)
+  workdir = paths.check(workdir, "--workdir")
   latest = checkpoints.latest_step(workdir)
   if latest != int(config.num_train_steps):
     log.info(f"run stopped at step {latest} of {config.num_train_steps}: skipping evaluation and export")
@@ -32,7 +31,7 @@ def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Evaluates the final checkpoint on ``config.eval.data_dir``; returns the results folder."""
   from instructor_jax.evaluation import runner
-  out = os.path.join(workdir, "eval")
+  out = paths.join(workdir, "eval")
   result = runner.evaluate(workdir, data_dir=config.eval.data_dir, output=out,
                            max_length=int(config.data.max_doc_length), no_instructions=config.eval.no_instructions)
   if result["failed"]:
@@ -44,7 +43,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
 def export(config: ml_collections.ConfigDict, workdir: str, eval_out: str | None) -> str:
   """Exports the final checkpoint (verified) to ``config.export.out_dir`` (default ``WORKDIR/export``)."""
   from instructor_jax.export import to_hf
-  out = to_hf.export_model(config.export.out_dir or os.path.join(workdir, "export"), checkpoint=workdir,
+  out = to_hf.export_model(config.export.out_dir or paths.join(workdir, "export"), checkpoint=workdir,
                            legacy=config.export.legacy_instructor, eval_results_path=eval_out, overwrite=True)
   log.info(f"exported {workdir} to {out}: load it with sentence_transformers.SentenceTransformer({out!r}) or "
            f"instructor_jax.Instructor.from_pretrained({out!r})")

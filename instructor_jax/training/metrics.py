@@ -1,9 +1,9 @@
 """Training metrics: rates over each logging interval, ``metrics.jsonl`` and tensorboard (process 0 only).
 
 Per logged step: what the step returned (``loss``, ``accuracy``, ``loss_q``, ``loss_p``, ``lr``, ``grad_norm``,
-``temperature`` when learnable), its ``real_tokens`` (non-padding tokens of its sequences), ``computed_tokens``
-(what the encoder computed: padded sequences, or packed rows of ``pack_length``) and ``packing_efficiency`` (their
-ratio), and over the interval since the previous log line: ``step_time_s``, ``examples_per_s``, ``tokens_per_s``
+``temperature`` when learnable; with ``loss.matryoshka_dims`` also ``loss_d{d}`` and ``accuracy_d{d}`` per
+dimension), its ``real_tokens`` (non-padding tokens of its sequences), ``computed_tokens`` (what the encoder
+computed: padded sequences, or packed rows of ``pack_length``) and ``packing_efficiency`` (their ratio), and over the interval since the previous log line: ``step_time_s``, ``examples_per_s``, ``tokens_per_s``
 (real tokens), ``computed_tokens_per_s``, ``mfu`` (model FLOPs on real tokens) and ``hfu`` (the hardware's FLOPs on
 computed tokens, recomputation included) where the device's peak is known, and the step variants compiled so far
 (``compiles``, ``compile_s``). FLOPs are ``step.flops``.
@@ -11,12 +11,13 @@ computed tokens, recomputation included) where the device's peak is known, and t
 from __future__ import annotations
 
 import json
-import os
+import time
 
 from absl import logging
 import jax
 import numpy as np
 
+from instructor_jax.storage import files, paths
 from instructor_jax.training import step as step_lib
 
 # Step outputs that are summed over an interval, not logged as they are.
@@ -66,29 +67,36 @@ class Interval:
 
 
 class MetricWriter:
-  """``metrics.jsonl`` (one JSON object per logged step) and tensorboard, on process 0 only."""
+  """``metrics.jsonl`` (one JSON object per logged step) and tensorboard, on process 0 only.
+
+  Locally ``metrics.jsonl`` is appended to. A gs:// object cannot be appended to: the lines are kept and the file is
+  uploaded whole, at most every ``UPLOAD_S`` and at every ``sync`` (the trainer syncs with each checkpoint, so a
+  resumed run finds every step up to its checkpoint); tensorboardX writes gs:// itself.
+  """
+  UPLOAD_S = 15.0
 
   def __init__(self, workdir: str, resume_step: int | None):
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = paths.join(workdir, "metrics.jsonl")
+    self.remote = paths.is_gcs(workdir)
+    self.lines: list[str] = []
+    self.uploaded = time.time()
     self.tb = None
     if not self.active:
       return
-    if os.path.exists(self.path):  # drop lines of steps that will be re-run after a resume
+    if paths.exists(self.path):  # drop lines of steps that will be re-run after a resume
       keep = []
-      with open(self.path) as f:
-        for line in f:
-          try:
-            if resume_step is not None and json.loads(line)["step"] <= resume_step:
-              keep.append(line)
-          except (ValueError, KeyError):
-            pass
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(keep)
-      os.replace(self.path + ".tmp", self.path)
+      for line in paths.read_text(self.path).splitlines(keepends=True):
+        try:
+          if resume_step is not None and json.loads(line)["step"] <= resume_step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError):
+          pass
+      files.write_text(self.path, "".join(keep))
+      self.lines = keep
     try:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = SummaryWriter(paths.join(workdir, "tensorboard"))
     except Exception as e:  # pragma: no cover - tensorboard is optional
       logging.warning("tensorboard disabled: %s", e)
 
@@ -96,14 +104,27 @@ class MetricWriter:
     if not self.active:
       return
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps(row) + "\n"
+    if self.remote:
+      self.lines.append(line)
+      if time.time() - self.uploaded > self.UPLOAD_S:
+        self.sync()
+    else:
+      with open(self.path, "a") as f:
+        f.write(line)
     if self.tb is not None:
       for k, v in metrics.items():
         if np.isfinite(float(v)):
           self.tb.add_scalar(k, float(v), step)
       self.tb.flush()
 
+  def sync(self):
+    """Makes everything written so far durable in the workdir (uploads ``metrics.jsonl`` on gs://)."""
+    if self.active and self.remote:
+      files.write_text(self.path, "".join(self.lines))
+      self.uploaded = time.time()
+
   def close(self):
+    self.sync()
     if self.tb is not None:
       self.tb.close()

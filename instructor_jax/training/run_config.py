@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any, Mapping
 
+from instructor_jax.storage import paths
 from instructor_jax.core import errors
 
 OPERATIONAL = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints", "mesh_shape",
@@ -128,6 +129,40 @@ def _choice(config, key, choices, optional=False):
     raise ConfigError(f"--config.{key}: must be one of {', '.join(map(str, choices))}; got {v!r}")
 
 
+def _known_width(config) -> int | None:
+  """The embedding size when the config alone says it (``out_features``, or a random init's width); else None
+  (``init_from`` / ``init_checkpoint``: ``trainer.setup`` checks once the model is built)."""
+  if _get(config, "model.out_features") is not None:
+    return _get(config, "model.out_features")
+  if _get(config, "model.init_from", "") or _get(config, "model.init_checkpoint", ""):
+    return None
+  fields = _get(config, "model.bert" if _get(config, "model.backbone") == "bert" else "model.t5")
+  width = (fields or {}).get("hidden_size" if _get(config, "model.backbone") == "bert" else "d_model")
+  return width if isinstance(width, int) else None
+
+
+def check_matryoshka(config, width: int | None = None) -> None:
+  """``loss.matryoshka_dims``: distinct positive integers, each at most the embedding size ``width`` (when known);
+  ``loss.matryoshka_weights``: empty or one positive number per dimension."""
+  dims, weights = _get(config, "loss.matryoshka_dims", ()), _get(config, "loss.matryoshka_weights", ())
+  key = "--config.loss.matryoshka_dims"
+  if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+    raise ConfigError(f"{key}: expected a tuple of integers such as (768,512,256,128), got {dims!r}")
+  if any(d < 1 for d in dims):
+    raise ConfigError(f"{key}: every dimension must be >= 1, got {tuple(dims)}")
+  if len(set(dims)) != len(dims):
+    raise ConfigError(f"{key}: dimensions must be distinct, got {tuple(dims)}")
+  if width is not None and dims and max(dims) > width:
+    raise ConfigError(f"{key}: {max(dims)} is larger than the model's embedding size {width} (out_features, or "
+                      f"d_model without a Dense head), got {tuple(dims)}")
+  if not isinstance(weights, (list, tuple)) or not all(
+      isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in weights):
+    raise ConfigError(f"--config.loss.matryoshka_weights: expected positive numbers, got {weights!r}")
+  if weights and len(weights) != len(dims):
+    raise ConfigError(f"--config.loss.matryoshka_weights: {len(weights)} weight(s) for {len(dims)} dimension(s) of "
+                      f"{key} {tuple(dims)}; give one per dimension or none (1 each)")
+
+
 def validate(config) -> None:
   """Checks every key the trainer reads; raises ``ConfigError`` naming the first bad one."""
   from instructor_jax.training import losses
@@ -153,6 +188,7 @@ def validate(config) -> None:
   _number(config, "model.out_features", low=1, integer=True, optional=True)
   _choice(config, "loss.variant", losses.VARIANTS)
   _number(config, "loss.temperature", low=0, low_open=True)
+  check_matryoshka(config, _known_width(config))
   _number(config, "optim.learning_rate", low=0, low_open=True)
   _number(config, "optim.warmup_ratio", low=0, high=1, optional=True)
   _number(config, "optim.warmup_steps", low=0, integer=True, optional=True)
@@ -181,7 +217,7 @@ def validate(config) -> None:
     folder = _get(config, "data.prepared", "")
     if not folder:
       raise ConfigError("--config.data.prepared: empty (a folder written by `python -m instructor_jax.data prepare`)")
-    if not os.path.isdir(folder):
+    if not paths.isdir(paths.check(folder, "--config.data.prepared")):
       raise ConfigError(f"--config.data.prepared: no such folder: {folder}")
   elif source == "seqio":
     if not _get(config, "data.mixture_or_task", ""):
@@ -194,7 +230,7 @@ def validate(config) -> None:
     elif not path:
       raise ConfigError("--config.data.medi_path: empty (a MEDI .json / .jsonl file or a prepared folder, or set "
                         "--config.data.tfds_data_dir)")
-    elif not os.path.exists(path):
+    elif not paths.exists(paths.check(path, "--config.data.medi_path")):
       raise ConfigError(f"--config.data.medi_path: no such file: {path}")
   keys = set(flatten(config))
   for key in allowed_changes(config):

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from instructor_jax.storage import paths
 from instructor_jax.core import errors
 from instructor_jax.data.tokenization import T5_VOCAB
 from instructor_jax.models import loader, registry
@@ -96,7 +97,9 @@ def _load_init(key: str, path: str, **kw) -> loader.Loaded:
   hub id the loader reads); a missing path is a one-line ``ConfigError`` naming the key."""
   path = os.fspath(path)
   where = f"config.model.{key}: {path}"
-  if (key == "init_checkpoint" or loader.looks_local(path)) and not os.path.exists(path):
+  if paths.scheme(path):
+    path = paths.check(path, f"config.model.{key}")
+  if (key == "init_checkpoint" or loader.looks_local(path) or paths.scheme(path)) and not paths.exists(path):
     raise errors.ConfigError(f"{where}: no such folder")
   if key == "init_checkpoint" and not checkpoints.is_checkpoint(path):
     raise errors.ConfigError(f"{where}: not a training workdir or WORKDIR/STEP (a model folder goes in "

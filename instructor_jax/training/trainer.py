@@ -31,7 +31,6 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import os
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructor_jax.storage import checkpoints, files
+from instructor_jax.storage import checkpoints, files, paths
 from instructor_jax.data import stream as data
 from instructor_jax.training import metrics
 from instructor_jax.data import packing
@@ -172,6 +171,7 @@ def setup(config, mesh=None, load_weights: bool = True) -> Setup:
   mesh = sharding.make_mesh(config.mesh_shape) if mesh is None else mesh
   rules = sharding.rules_from_config(config)
   spec = build_model(config, load_weights=load_weights)
+  run_config.check_matryoshka(config, spec.model.out_features or spec.model.config.d_model)
   tx, schedule = make_optimizer(config)
   abstract, shardings = state_shardings(spec.model, tx, config, mesh, rules)
   if config.global_batch_size % sharding.num_batch_shards(mesh):
@@ -236,8 +236,8 @@ def compile_report(s: Setup, config, workdir: str) -> dict:
     print(f"per device: state {gib('state_bytes_per_device'):.2f} GiB (params {gib('params_bytes_per_device'):.2f}), "
           f"temporaries {gib('temp_size_in_bytes'):.2f} GiB, peak estimate "
           f"{gib('peak_estimate_bytes_per_device'):.2f} GiB; written to {workdir}/compile_report.json", flush=True)
-    os.makedirs(workdir, exist_ok=True)
-    files.write_json(os.path.join(workdir, "compile_report.json"), report, indent=1)
+    paths.makedirs(workdir)
+    files.write_json(paths.join(workdir, "compile_report.json"), report, indent=1)
   return report
 
 
@@ -259,7 +259,7 @@ def schedule_note(config, old_total: int, new_total: int, step: int) -> str:
 
 def train(config: ml_collections.ConfigDict, workdir: str, compile_only: bool = False) -> dict | None:
   """Trains (or AOT-compiles) ``config`` in ``workdir``; returns the last logged metrics."""
-  workdir = os.path.abspath(workdir)
+  workdir = paths.check(workdir, "--workdir")
   is_main = jax.process_index() == 0
   guard = None if compile_only else workdir_lib.PreemptionGuard()  # early: a signal during setup also saves
   s = setup(config, load_weights=not compile_only)
@@ -336,6 +336,7 @@ def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream,
   def save(step):
     ckpt.save(step, state["params"], dict(opt_state=state["opt_state"], rng=state["rng"], step=state["step"]),
               {"step": step, "stream": stream.state_dict()}, meta)
+    writer.sync()  # metrics.jsonl holds every step up to the newest checkpoint (gs:// uploads it now)
 
   def prepare(step):
     """Prefetch thread: the host batch of ``step`` and its compiled step (compiled now if it is a new shape)."""
