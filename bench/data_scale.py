@@ -1,6 +1,7 @@
 """MEDI at scale: prepare once, restart fast (issue 14). Results: bench/results/data_scale.md.
 
     python -m bench.data_scale --records 100000 300000 --out /tmp/data_scale [--file-source-max 100000]
+    python -m bench.data_scale --records 300000 --out /tmp/data_scale --gcs     # the same on a local GCS server
 
 For each N:
 
@@ -174,6 +175,77 @@ def restart(prepared: str, workdir: str, steps: int, resume_steps: int = 10) -> 
   return out
 
 
+def _first_step_s(proc, t0: float) -> tuple[float, str]:
+  """Seconds from ``t0`` until the trainer's progress bar first shows a loss (its stderr, read as it comes)."""
+  seen, first = "", None
+  while True:
+    ch = proc.stderr.read(256)
+    if not ch:
+      break
+    seen += ch
+    if first is None and "loss=" in seen:
+      first = time.time() - t0
+  proc.wait()
+  return first, seen
+
+
+def restart_gcs(prepared: str, workdir: str, steps: int, resume_steps: int = 10) -> dict:
+  """``restart`` on Cloud Storage: the prepared store and the workdir are gs:// paths. The fresh run starts with
+  an empty local cache (it downloads the store), the resumed one finds it. Also the data wait: the share of step
+  time the loop waited for its batch (``data_wait_frac``, median over the logged steps after the first five)."""
+  import statistics
+  import tempfile
+  cache = tempfile.mkdtemp(prefix="data_scale_cache_")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", INSTRUCTOR_JAX_CACHE=cache)
+  out = {}
+  sys.path.insert(0, ROOT)
+  from instructor_jax.storage import paths
+  for phase, total in (("fresh", steps), ("resume", steps + resume_steps)):
+    cmd = [sys.executable, "-m", "instructor_jax.train", "--config", DEMO, "--workdir", workdir,
+           f"--config.num_train_steps={total}", f"--config.checkpoint_every_steps={steps}",
+           "--config.eval.data_dir=", "--config.export.enabled=False", "--config.data.source=prepared",
+           f"--config.data.prepared={prepared}"]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first, err = _first_step_s(proc, t0)
+    if proc.returncode:
+      raise RuntimeError(f"train failed: {err[-2000:]}")
+    rows = [json.loads(l) for l in paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines() if l]
+    rows = [r for r in rows if r["step"] > (0 if phase == "fresh" else steps)]
+    fracs = [r["data_wait_frac"] for r in rows[5:] if "data_wait_frac" in r]
+    out[phase] = {"first_step_s": round(first, 1) if first else None, "total_s": round(time.time() - t0, 1),
+                  "steps": len(rows), "data_wait_frac_median": round(statistics.median(fracs), 4) if fracs else None,
+                  "data_wait_frac_max": round(max(fracs), 4) if fracs else None,
+                  "step_time_s_median": round(statistics.median(r["step_time_s"] for r in rows[5:]), 3)
+                  if len(rows) > 5 else None}
+  return out
+
+
+def measure_gcs(n: int, out: str, shared: str, steps: int, max_words: int = 0) -> dict:
+  """The prepare / restart measurement with the store and the workdir on a local GCS server (fake-gcs-server, as
+  in the tests): ``prepare --out gs://``, then fresh and resumed demo runs on gs://."""
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  import gcs_server
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, f"medi_{n}.jsonl")
+  res = {"records": n, "storage": "gcs (fake-gcs-server on 127.0.0.1, memory backend)"}
+  if not os.path.exists(path):
+    res["file"] = write_medi(path, n, shared, max_words=max_words)
+  proc, gcs = gcs_server.start()
+  os.environ.update(gcs.env)
+  try:
+    prep, work = gcs.path(f"prepared_{n}"), gcs.path(f"work_{n}")
+    wall, rss, _ = _run([sys.executable, "-m", "instructor_jax.data", "prepare", "--config", DEMO, "--medi", path,
+                         "--out", prep, "--overwrite", "--no-progress"], env=dict(os.environ))
+    res["prepare"] = {"wall_s": round(wall, 1), "records_per_s": round(n / wall), "peak_rss_mb": round(rss)}
+    res["train"] = restart_gcs(prep, work, steps)
+  finally:
+    gcs_server.stop(proc)
+  with open(os.path.join(out, "results_gcs.jsonl"), "a") as f:
+    f.write(json.dumps(res) + "\n")
+  return res
+
+
 def measure(n: int, out: str, shared: str, steps: int, file_source_max: int, restart_only: bool = False,
             max_words: int = 0) -> dict:
   os.makedirs(out, exist_ok=True)
@@ -238,7 +310,13 @@ def main(argv=None) -> int:
   p.add_argument("--table", action="store_true", help="print OUT/results.jsonl as markdown rows and exit")
   p.add_argument("--restart-only", action="store_true", help="only the restart runs, on OUT's prepared folders "
                  "(appended to OUT/restarts.jsonl)")
+  p.add_argument("--gcs", action="store_true", help="store and workdir on a local GCS server (fake-gcs-server): "
+                 "prepare --out gs://, fresh and resumed runs on gs://, data wait (OUT/results_gcs.jsonl)")
   args = p.parse_args(argv)
+  if args.gcs:
+    for n in args.records:
+      print(json.dumps(measure_gcs(n, args.out, args.shared, args.steps, args.max_words)), flush=True)
+    return 0
   if args.table:
     print(table(os.path.join(args.out, "results.jsonl")))
     return 0

@@ -1,31 +1,10 @@
-"""Checkpoints: an orbax ``CheckpointManager`` over the workdir, SIGTERM handling, and the params-only API.
+"""Checkpoints: an orbax ``CheckpointManager`` over the workdir (``Checkpointer``) and the params-only API.
 
-Layout of a workdir (checkpoints are orbax step folders directly under it)::
-
-    WORKDIR/
-      <step>/params/      parameters (fp32; {'model': InstructorModel params, ['log_temperature']})
-      <step>/train/       optimizer state, base RNG key, step counter (absent in params-only checkpoints)
-      <step>/data/        data-iterator state (JSON: {'step', 'stream'})
-      <step>/meta/        JSON: model meta (backbone + HF config, out_features, normalize, pad_id, tokenizer) + training
-                          config
-      tokenizer/          the tokenizer files (copied once, so a workdir is self-contained)
-      metrics.jsonl, tensorboard/
-
-Saves are asynchronous (orbax copies device arrays to host, then writes in a background thread); a step folder
-is written under a temporary name and renamed when complete, so a run killed mid-save leaves a temporary folder
-that is never restored (and is cleaned up on the next start). ``max_to_keep`` old steps are kept.
-
-Public API for other stages (conversion / export):
-
-- ``restore_params(path) -> (params, meta)``: ``path`` is a workdir (latest step) or ``WORKDIR/STEP``;
-  ``params`` is the host (numpy) ``InstructorModel`` params tree ``{'encoder': ..., 'dense': ...}``; ``meta`` has
-  ``backbone`` (``"t5"`` | ``"bert"``), ``model_config`` (the encoder's HF ``config.json`` dict; its ``model_type``
-  names the backbone too), ``out_features``, ``normalize``, ``pad_id``, ``max_seq_length``, ``tokenizer_dir``
-  (absolute), ``tokenizer_files``, ``step`` and, for training checkpoints, ``config``. T5 checkpoints also carry the
-  same dict as ``t5_config``, the only key checkpoints written before the BERT backbone have; ``model_config(meta)``
-  reads either, so old checkpoints restore unchanged.
-- ``save_params(workdir, params, meta, step=0)``: writes a params-only checkpoint that training can start from
-  (``--config.model.init_checkpoint=WORKDIR``) and ``restore_params`` reads.
+Read first: checkpoints are orbax step folders directly under the workdir (``WORKDIR/<step>/{params,train,data,meta}``,
+beside ``tokenizer/``, ``metrics.jsonl``, ``tensorboard/``); the workdir is a local folder or a ``gs://`` path
+(orbax / tensorstore write there directly). A step is restored only once complete, so a run killed mid-save loses
+at most that save; on ``gs://`` only unfinished *step* folders are cleaned up (``manager``). Other stages
+(conversion, export) use ``restore_params`` / ``save_params``.
 """
 from __future__ import annotations
 
@@ -40,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from instructor_jax.storage import files, paths
+from instructor_jax.storage.checksums import checksums, host_checksums, verify  # noqa: F401 (API)
 from instructor_jax.core import errors
 
 ITEMS = ("params", "train", "data", "meta")
@@ -53,91 +33,6 @@ def _abs(path: str) -> str:
 
 
 CheckpointError = errors.CheckpointError  # core/errors.py
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Content checksums
-# ----------------------------------------------------------------------------------------------------------------
-# Each saved array gets two 32-bit sums of its bits (as unsigned words): the plain sum and the sum weighted by
-# (2 * flat index + 1), both mod 2^32. Any single corrupted word changes the plain sum; the weighted sum catches
-# swapped or offsetting words. They are computed on the devices where the arrays live (a sharded array is reduced
-# where its shards are, no gather) and recomputed after every restore, on device (training) or in numpy (convert,
-# eval). Unreadable or truncated files fail earlier, in orbax / tensorstore.
-_MASK = 0xFFFFFFFF
-
-
-def _words_jax(x):
-  import jax.numpy as jnp
-  x = jnp.asarray(x)
-  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  size = jnp.dtype(x.dtype).itemsize
-  if x.dtype == jnp.bool_:
-    return x.astype(jnp.uint32)
-  if size == 4:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-  if size == 2:
-    return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-  if size == 1:
-    return jax.lax.bitcast_convert_type(x, jnp.uint8).astype(jnp.uint32)
-  raise TypeError(f"no checksum for dtype {x.dtype}")
-
-
-def _checksum_jax(x):
-  import jax.numpy as jnp
-  w = _words_jax(x)
-  idx = jnp.zeros(w.shape, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(w.ndim)):  # flat (row-major) index without flattening the (sharded) array
-    idx = idx + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride & _MASK)
-    stride *= w.shape[axis]
-  return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * (idx * jnp.uint32(2) + jnp.uint32(1)),
-                                                         dtype=jnp.uint32)])
-
-
-def _checksum_np(x) -> list[int]:
-  x = np.asarray(x)
-  if x.dtype == np.bool_:
-    w = x.astype(np.uint64)
-  else:
-    w = x.view({4: np.uint32, 2: np.uint16, 1: np.uint8}[x.dtype.itemsize]).astype(np.uint64)
-  idx = np.arange(w.size, dtype=np.uint64).reshape(w.shape)
-  return [int(np.sum(w, dtype=np.uint64)) & _MASK, int(np.sum(w * (2 * idx + 1), dtype=np.uint64)) & _MASK]
-
-
-def _paths(tree) -> list[str]:
-  return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-_device_checksums = None
-
-
-def checksums(items: dict) -> dict:
-  """``{item + keystr(path): [sum, weighted sum]}`` of every array in ``items`` (e.g. ``{'params': ..., 'train':
-  ...}``), computed where the arrays live (one jitted reduction; a small sync)."""
-  global _device_checksums
-  if _device_checksums is None:
-    _device_checksums = jax.jit(lambda t: jax.tree.map(_checksum_jax, t))
-  sums = jax.device_get(_device_checksums(items))
-  return {k: [int(a) for a in v] for k, v in zip(_paths(items), jax.tree.leaves(sums, is_leaf=lambda x:
-                                                                                  isinstance(x, np.ndarray)))}
-
-
-def host_checksums(items: dict) -> dict:
-  """``checksums`` of host (numpy) trees, computed in numpy: the same values."""
-  return {k: _checksum_np(v) for k, v in zip(_paths(items), jax.tree.leaves(items))}
-
-
-def verify(where: str, stored: dict | None, got: dict) -> None:
-  """Raises ``CheckpointError`` naming the arrays whose checksums differ from the stored ones (``stored`` None: a
-  checkpoint written before checksums existed, accepted as it is)."""
-  if stored is None:
-    return
-  bad = [k for k, v in got.items() if stored.get(k) != v]
-  if bad:
-    raise CheckpointError(f"{where}: checksum mismatch in {bad[0]}" +
-                          (f" and {len(bad) - 1} more array(s)" if len(bad) > 1 else "") +
-                          " (the files changed after they were written)")
 
 
 class _ReadOnlyNotes(logging.Filter):
@@ -154,6 +49,14 @@ logging.getLogger("absl").addFilter(_ReadOnlyNotes())
 
 def manager(workdir: str, max_to_keep: int | None = 3, async_save: bool = True, read_only: bool = False
             ) -> ocp.CheckpointManager:
+  """The orbax manager of ``workdir``; ``max_to_keep`` old steps are kept.
+
+  Saves are asynchronous (orbax copies device arrays to host, then writes in a background thread). Locally a step
+  folder is written under a temporary name and renamed when complete, so a run killed mid-save leaves a temporary
+  folder that is never restored (and is cleaned up on the next start). On ``gs://`` (no rename) a step is complete
+  once its ``commit_success.txt`` is written; the unfinished step folders are removed by
+  ``remove_unfinished_steps``, never the workdir's other folders.
+  """
   remote = paths.is_gcs(workdir)
   if remote and not read_only:
     remove_unfinished_steps(workdir)
@@ -221,6 +124,17 @@ def _all_agree(ok: bool) -> bool:
 
 class Checkpointer:
   """Saves / restores the full training state of one workdir, with content checksums.
+
+  Layout of a workdir (orbax step folders directly under it; local or ``gs://``)::
+
+    WORKDIR/
+      <step>/params/      parameters (fp32; {'model': InstructorModel params, ['log_temperature']})
+      <step>/train/       optimizer state, base RNG key, step counter (absent in params-only checkpoints)
+      <step>/data/        data-iterator state (JSON: {'step', 'stream'})
+      <step>/meta/        JSON: model meta (backbone + HF config, out_features, normalize, pad_id, tokenizer) + training
+                          config
+      tokenizer/          the tokenizer files (copied once, so a workdir is self-contained)
+      metrics.jsonl, tensorboard/
 
   ``save`` stores ``checksums`` of the params and train-state arrays in the step's meta. ``restore_latest``
   tries the steps newest first: a step that cannot be read (a truncated or missing file, a deleted item) or whose
@@ -418,6 +332,13 @@ def restore_params(path: str, log=None) -> tuple[dict, dict]:
   ``params`` is the ``InstructorModel`` tree (``{'encoder': ..., 'dense': ...}``); a learnable temperature, if
   any, is in ``meta['log_temperature']``. Skipped damaged steps are reported through ``log`` (default: stderr) and
   listed in ``meta['skipped_steps']``. Reads only: works on a read-only workdir.
+
+  ``meta`` has ``backbone`` (``"t5"`` | ``"bert"``), ``model_config`` (the encoder's HF ``config.json`` dict; its
+  ``model_type`` names the backbone too), ``out_features``, ``normalize``, ``pad_id``, ``max_seq_length``,
+  ``tokenizer_dir`` (absolute; a local copy for a ``gs://`` workdir), ``tokenizer_files``, ``step`` and, for
+  training checkpoints, ``config``. T5 checkpoints also carry the same dict as ``t5_config``, the only key
+  checkpoints written before the BERT backbone have; ``model_config(meta)`` reads either, so old checkpoints
+  restore unchanged.
   """
   import sys
   log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -488,7 +409,8 @@ def save_params(workdir: str, params: dict, meta: dict, step: int = 0) -> str:
   ``meta`` needs the encoder's HF config (``model_config``, or ``t5_config`` as before), ``out_features``,
   ``normalize`` and ``tokenizer_dir`` (a folder with the tokenizer files, copied into ``WORKDIR/tokenizer``);
   ``pad_id`` (0) and ``max_seq_length`` are optional. ``backbone`` / ``model_config`` (and ``t5_config`` for T5)
-  are written from that config. Returns the step folder.
+  are written from that config. Returns the step folder. Training can start from it
+  (``--config.model.init_checkpoint=WORKDIR``) and ``restore_params`` reads it.
   """
   for key in ("out_features", "normalize", "tokenizer_dir"):
     if key not in meta:

@@ -339,14 +339,18 @@ def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream,
     writer.sync()  # metrics.jsonl holds every step up to the newest checkpoint (gs:// uploads it now)
 
   def prepare(step):
-    """Prefetch thread: the host batch of ``step`` and its compiled step (compiled now if it is a new shape)."""
+    """Prefetch thread: the host batch of ``step`` and its compiled step (compiled now if it is a new shape), and
+    the seconds spent compiling (not data time)."""
     host_batch = stream.get(step)
-    return host_batch, compiler.get(host_batch)
+    t0, count = time.time(), compiler.count
+    executable = compiler.get(host_batch)
+    return host_batch, executable, (time.time() - t0) if compiler.count > count else 0.0
 
   pool = concurrent.futures.ThreadPoolExecutor(1)
   future = pool.submit(prepare, start) if start < total else None
   pending = []  # (step, metrics on device) since the last check
   last, t_last = None, time.time()
+  data_wait = 0.0  # seconds the loop waited for data (not for a compile) since the last log
   progress = None
   if is_main:
     from tqdm import tqdm
@@ -354,7 +358,7 @@ def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream,
 
   def check_and_log(step, force_log):
     """Fetches pending metrics; stops on a non-finite loss; logs at log steps."""
-    nonlocal pending, last, t_last
+    nonlocal pending, last, t_last, data_wait
     fetched = jax.device_get(pending)
     pending = []
     for s_, m in fetched:
@@ -369,7 +373,9 @@ def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream,
       if s_ + 1 == step and (force_log or step % every_log == 0):
         now = time.time()
         out = interval.row(m, now - t_last)
-        out.update(compiles=compiler.count, compile_s=compiler.seconds)
+        out.update(compiles=compiler.count, compile_s=compiler.seconds, data_wait_s=data_wait,
+                   data_wait_frac=data_wait / max(now - t_last, 1e-9))
+        data_wait = 0.0
         writer.write(step, out)
         last = dict(out, step=step)
         t_last = now
@@ -378,7 +384,9 @@ def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream,
 
   try:
     for step in range(start, total):
-      host_batch, executable = future.result()
+      t_wait = time.time()
+      host_batch, executable, compiling = future.result()
+      data_wait += max(0.0, time.time() - t_wait - compiling)
       future = pool.submit(prepare, step + 1) if step + 1 < total else None
       batch = sharding.global_batch(mesh, host_batch)
       state, step_metrics = executable(state, batch)
