@@ -1,31 +1,10 @@
 """Example: your own training data as a seqio Task -- a TSV of ``(query, positive)`` pairs, one instruction per side.
 
-A file ``pairs.tsv`` (UTF-8, tab-separated, no header; optional further columns are hard negatives, which take the
-positive's instruction)::
-
-  how do I reset my card PIN?<TAB>You can change your PIN at any cash machine ...
-  ...
-
-is registered, in a module of your own, with::
-
-  from tasks import pairs_tsv
-  pairs_tsv.register_pairs("faq_pairs", "/data/pairs.tsv",
-                           query_instruction="Represent the banking question for retrieving answers: ",
-                           pos_instruction="Represent the banking answer for retrieval: ")
-
-and trained on with (in-batch negatives only: ``num_negatives=0`` unless every line has that many negatives)::
-
-  python -m instructor_jax.train --config configs/demo.py --workdir /tmp/faq --config.data.source=seqio \\
-      --config.data.mixture_or_task=faq_pairs --config.data.seqio_modules=my_tasks --config.data.num_negatives=0
-
-Without writing a module: ``PAIRS_TSV=/data/pairs.tsv PAIRS_TASK=faq_pairs PAIRS_QUERY_INSTRUCTION=...
-PAIRS_POS_INSTRUCTION=...`` and ``--config.data.seqio_modules=tasks.pairs_tsv`` register the same Task on import.
-
-The Task uses ``tasks/medi.py``'s tokenising preprocessor (``tokenize_medi``: the encoder's instruction rule,
-truncation to the training lengths, ``pos_key`` for ``dedup_positives``), so it yields exactly the features
-``instructor_jax/seqio_source.py`` trains from. Several such Tasks make a Mixture with
-``seqio.MixtureRegistry.add(name, [(task, rate), ...])``; training then draws one Task per global batch with those
-rates. A line with an empty side or too few columns is an error naming ``FILE:LINE``.
+``pairs.tsv``: UTF-8, tab-separated, no header, ``query<TAB>positive[<TAB>negative...]`` (negatives take the
+positive's instruction). Register it with ``register_pairs(name, path, query_instruction=..., pos_instruction=...)``
+in a module of your own (or set ``PAIRS_TSV``, ``PAIRS_TASK``, ``PAIRS_QUERY_INSTRUCTION``, ``PAIRS_POS_INSTRUCTION``
+and name ``tasks.pairs_tsv`` as the module), then train with ``--config.data.source=seqio
+--config.data.mixture_or_task=NAME --config.data.seqio_modules=MODULE --config.data.num_negatives=0``.
 """
 from __future__ import annotations
 
@@ -42,7 +21,8 @@ from instructor_jax.data import seqio_tasks as medi_tasks
 
 
 def read_pairs(path: str) -> list[tuple[str, str, tuple[str, ...]]]:
-  """``[(query, positive, negatives)]`` of a TSV file, checked line by line."""
+  """``[(query, positive, negatives)]`` of a TSV file, checked line by line: a line with an empty side or too few
+  columns is an error naming ``FILE:LINE``."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such TSV file")
   rows = []
@@ -82,7 +62,26 @@ def register_pairs(name: str, path: str, query_instruction: str, pos_instruction
                    tokenizer_dir: str = medi_tasks.DEFAULT_TOKENIZER_DIR, num_negatives: int = 0,
                    overwrite: bool = True) -> str:
   """Registers the seqio Task ``name`` over the TSV ``path``; returns ``name``. ``num_negatives`` is the default when
-  no ``sequence_length`` is given (training passes its own)."""
+  no ``sequence_length`` is given (training passes its own).
+
+  For example, in a module of your own (``my_tasks``)::
+
+    from tasks import pairs_tsv
+    pairs_tsv.register_pairs("faq_pairs", "/data/pairs.tsv",
+                             query_instruction="Represent the banking question for retrieving answers: ",
+                             pos_instruction="Represent the banking answer for retrieval: ")
+
+  and trained on with (in-batch negatives only: ``num_negatives=0`` unless every line has that many negatives)::
+
+    python -m instructor_jax.train --config configs/demo.py --workdir /tmp/faq --config.data.source=seqio \\
+        --config.data.mixture_or_task=faq_pairs --config.data.seqio_modules=my_tasks --config.data.num_negatives=0
+
+  The Task uses ``data/seqio_tasks.py``'s tokenising preprocessor (``tokenize_medi``: the encoder's instruction
+  rule, truncation to the training lengths, ``pos_key`` for ``dedup_positives``), so it yields exactly the features
+  ``instructor_jax/data/seqio_source.py`` trains from. Several such Tasks make a Mixture with
+  ``seqio.MixtureRegistry.add(name, [(task, rate), ...])``; training then draws one Task per global batch with those
+  rates.
+  """
   featurizer = Featurizer(tokenizer_dir, 512, 512, num_negatives)
   source = seqio.FunctionDataSource(
       functools.partial(_dataset, path=os.path.abspath(path), query_instruction=query_instruction,

@@ -1,34 +1,10 @@
 """Training batches from MEDI: one task per global batch, host slices, padded or packed rows, exact resume.
 
-How one batch is made (``TrainStream.get(step)``):
-
-1. **Load** (once, ``from_config`` -> ``load_index``), by ``config.data.source``:
-   - ``"file"`` (default): ``features.MediIndex`` streams the MEDI file (``medi.read_medi``: JSON array or JSON lines,
-     validated) or TFDS text shards (``tasks/medi_tfds.py``), groups records by task and tokenises them *once* with
-     ``features.Featurizer`` (the embedder's rule, shared with the seqio tasks in ``tasks/medi.py``);
-   - ``"prepared"`` (``config.data.prepared``, or a prepared folder given as ``medi_path``): the store written by
-     ``data prepare`` (``prepared.py``): the index (task, record ids, every sequence's length) is loaded, tokens
-     are read per sequence when a step needs them, nothing is tokenised;
-   - ``"seqio"`` (``config.data.mixture_or_task``): every example of a registered seqio Task or Mixture, with the
-     Mixture's rates (``seqio_source.py``).
-2. **Sample** (``sampling.Sampler``, a pure function of ``(seed, step)``): the step's task and its ``B`` rows.
-3. **Slice and shape**, one of:
-   - *padded* (``config.data.pack = False``): host ``i`` of ``P`` takes rows ``[i*B/P, (i+1)*B/P)`` and pads them
-     (``pad_rows``, the feature converter) to ``Lq = max_query_length`` and ``Ld = max_doc_length``, pad id 0;
-   - *packed* (``config.data.pack = True``, ``packing.py``): the lengths of all ``B * (2 + N)`` sequences of the
-     global batch (known on every host from the index) give the step's layout, the same on every host, and host
-     ``i`` builds only its own packed rows ``[i*R/P, (i+1)*R/P)``.
-   Every sequence already ends with its tokenizer's closing token (T5 ``</s>``, BERT ``[SEP]``).
-
-Because a batch is a pure function of ``(seed, step)``, resume is exact by construction: ``state_dict()`` stores the
-next step (plus a fingerprint of the data and sampling settings) and ``load_state_dict`` restores it.
-``SyntheticStream`` has the same contract with random tokens (tests, benchmarks).
-
-``python -m instructor_jax.data preview --medi FILE --global-batch B --steps S [--process-count P --process-index I]
-[--start-step K] --json`` prints, per step, the task and the source record ids of this host's rows (JSON lines); it
-imports neither JAX nor TensorFlow. ``python -m instructor_jax.data prepare --config CONFIG --out DIR`` (or
-``--medi FILE --out DIR [--tokenizer DIR --max-query-length Lq --max-doc-length Ld --num-negatives N]``) tokenises
-a MEDI file once into the prepared store; ``prepare --medi FILE --data-dir DIR`` writes TFDS text shards instead.
+``TrainStream`` (built by ``from_config``) loads the data once (``load_index``: a MEDI file, a prepared store or a
+seqio Task / Mixture), samples each step's task and rows (``sampling.Sampler``) and returns this host's padded or
+packed slice. Read first: a batch is a pure function of ``(seed, step)``, so resume is exact by construction
+(``state_dict`` stores the next step and a fingerprint of the data). ``SyntheticStream`` has the same contract with
+random tokens (tests, benchmarks); the ``preview`` / ``prepare`` commands are in ``data/__main__.py``.
 """
 from __future__ import annotations
 
@@ -81,7 +57,13 @@ def load_index(cfg, featurizer, tokenizer_dir: str = ""):
   ``tfds_data_dir``), ``"prepared"`` (``prepared``: a folder written by ``data prepare``) or ``"seqio"``
   (``mixture_or_task``). ``rates`` are the seqio Mixture's (None: ``config.data.sampling``). ``featurizer`` is a
   callable that makes the ``Featurizer`` (a prepared folder or a seqio Task needs none: a restart on prepared data
-  loads the tokenizer only when its files changed)."""
+  loads the tokenizer only when its files changed).
+
+  ``"file"``: ``features.MediIndex`` streams the MEDI file (``medi.read_medi``: JSON array or JSON lines, validated)
+  or TFDS text shards (``tasks/medi_tfds.py``), groups records by task and tokenises them *once* with
+  ``features.Featurizer`` (the embedder's rule, shared with the seqio tasks). ``"prepared"`` (``prepared.py``): the
+  index (task, record ids, every sequence's length) is loaded, tokens are read per sequence when a step needs them,
+  nothing is tokenised. ``"seqio"`` (``seqio_source.py``): every example of the Task or Mixture, with its rates."""
   g = functools.partial(_cfg, cfg)
   lengths = (int(g("max_query_length")), int(g("max_doc_length")), int(g("num_negatives")))
   source = g("source") or "file"
@@ -110,7 +92,15 @@ def load_index(cfg, featurizer, tokenizer_dir: str = ""):
 
 
 class TrainStream:
-  """Host-local numpy batches of global step ``step``; see the module docstring.
+  """Host-local numpy batches of global step ``step``.
+
+  How ``get(step)`` makes one: the step's task and its ``B`` rows come from ``sampling.Sampler`` (a pure function of
+  ``(seed, step)``). Padded (``config.data.pack = False``): host ``i`` of ``P`` takes rows ``[i*B/P, (i+1)*B/P)``
+  and pads them (``pad_rows``) to ``Lq = max_query_length`` and ``Ld = max_doc_length``, pad id 0. Packed
+  (``config.data.pack = True``, ``packing.py``): the lengths of all ``B * (2 + N)`` sequences of the global batch
+  (known on every host from the index) give the step's layout, the same on every host, and host ``i`` builds only
+  its own packed rows ``[i*R/P, (i+1)*R/P)``. Every sequence already ends with its tokenizer's closing token (T5
+  ``</s>``, BERT ``[SEP]``).
 
   Padded (``packer=None``): ``get(step)`` -> ``query_tokens [b, Lq]``, ``query_instr_len [b]``, ``pos_tokens [b,
   Ld]``, ``pos_instr_len [b]``, ``neg_tokens [b, N, Ld]``, ``neg_instr_len [b, N]``, ``task [b]`` (all int32), with

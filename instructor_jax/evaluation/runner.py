@@ -1,28 +1,13 @@
 """Evaluate an INSTRUCTOR model with MTEB: local task folders (offline, ``--data-dir``) or MTEB 2.x tasks.
 
-    # offline: one task folder or a folder of task folders (layouts: --help-formats; where to get each set:
-    # README.md, "Where the data comes from"; a bundled 40-pair STS-B subset: tests/fixtures/eval/stsbenchmark)
+    # offline, task folder(s) (layouts: --help-formats; data: README.md; sample: tests/fixtures/eval/stsbenchmark)
     python -m instructor_jax.eval --model DIR --data-dir data/eval --output results/
     # MTEB 2.x (the task data from the Hugging Face hub or its local cache): task names, task types or benchmarks
     python -m instructor_jax.eval --model DIR --tasks STSBenchmark,Banking77Classification --output results/
     python -m instructor_jax.eval --list-tasks [--data-dir DIR] [--tasks ...]   # tasks, types and instructions
 
-A thin CLI over ``evaluation/``: ``local.discover`` finds the local tasks and reads them into mteb's own task
-objects (or our stand-ins for sets that are not MTEB data, ``evaluation/tasks.py``); ``encoder.InstructorEncoder``
-is the model (``--model``: an orbax workdir[/STEP], an exported / sentence-transformers / INSTRUCTOR folder, or a
-hub id; ``--backend jax`` embeds with ``Instructor.encode``, ``torch`` with transformers and the same rule);
-``mteb.evaluate`` scores every task with mteb's evaluators.
-
-Instructions: INSTRUCTOR's table for the model's size (``--instructions FILE | hkunlp/instructor-*``), a task's own
-(``task.json``), or a generic one per task type for a task the table does not list (``evaluation/encoder.py``);
-``--no-instructions`` embeds the bare texts. Each result records the instructions it used.
-
-Outputs in ``--output``: MTEB's result layout, read by ``mteb.ResultCache(OUTPUT)``:
-``results/{org__model}/{revision}/{Task}.json`` + ``model_meta.json`` (the model's ``name`` is ``--model-name`` or
-the hub id or ``local/<folder>``; its ``revision`` the hub commit or a content hash of the weights); beside them
-``summary.md`` (per-task main scores, per-type averages) and ``summary.json``. Embeddings are cached in
-``--cache-dir`` (default ``OUTPUT/.embedding_cache``), keyed by the model's revision, the instruction and the
-texts, so a rerun skips the encoding. Exit status 1 if any task failed (each failure is printed).
+Results go to --output in MTEB's layout (mteb.ResultCache) plus summary.md / summary.json; exit status 1 if any
+task failed. Instructions, outputs, cache and --truncate-dim: see evaluate() in evaluation/runner.py.
 """
 from __future__ import annotations
 
@@ -30,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any, Mapping, Sequence
@@ -132,13 +118,42 @@ def local_tasks(data_dir: str, split: str = "test", specs: Sequence[str] = ()) -
 def evaluate(model: str, *, data_dir: str | None = None, output: str, tasks: Sequence[str] = (), split: str = "test",
              max_length: int = 512, batch_size: int = 32, dtype: str = "float32", backend: str = "jax",
              instructions: str | None = None, no_instructions: bool = False, model_name: str | None = None,
-             cache_dir: str | None = None, say=print) -> dict:
+             cache_dir: str | None = None, truncate_dims: Sequence[int] = (), say=print) -> dict:
   """Evaluates ``model`` (an orbax workdir[/STEP], an exported / HF folder or a hub id) on the local task folders
   of ``data_dir`` (``tasks`` filters them) or on the MTEB ``tasks``; writes MTEB's results and the summary to
   ``output``. Returns ``{"rows", "failed": [(task, error)], "summary": markdown or None, "output"}``.
-  ``cache_dir``: None = ``OUTPUT/.embedding_cache``, ``"none"`` = no cache."""
+  ``cache_dir``: None = ``OUTPUT/.embedding_cache``, ``"none"`` = no cache. ``truncate_dims``: Matryoshka
+  dimensions, one result set each (``InstructorEncoder.truncated``); rows then carry ``dim``.
+
+  ``local.discover`` reads the local tasks into mteb's own task objects (or our stand-ins for sets that are not
+  MTEB data, ``evaluation/tasks.py``); ``encoder.InstructorEncoder`` is the model (``backend="jax"`` embeds with
+  ``Instructor.encode``, ``"torch"`` with transformers and the same rule); ``mteb.evaluate`` scores every task.
+  Instructions: INSTRUCTOR's table for the model's size (``instructions``: a file or ``hkunlp/instructor-*``), a
+  task's own (``task.json``), or a generic one per task type the table does not list (``evaluation/encoder.py``);
+  ``no_instructions`` embeds the bare texts; each result records the instructions it used. ``output`` is read by
+  ``mteb.ResultCache(OUTPUT)``: ``results/{org__model}/{revision}/{Task}.json`` + ``model_meta.json`` (name:
+  ``model_name``, the hub id or ``local/<folder>``; revision: the hub commit or a content hash of the weights),
+  beside them ``summary.md`` (per-task main scores, per-type averages) and ``summary.json``. The embedding cache is
+  keyed by the model's revision, the instruction and the texts, so a rerun skips the encoding. With
+  ``truncate_dims`` each k is a result set under ``org/name-d{k}`` (same revision; the full embeddings are encoded
+  once) and ``summary.md`` gains a table of scores against the dimension."""
   from instructor_jax.core import cli, errors
+  from instructor_jax.storage import paths
+  if data_dir and paths.scheme(data_dir):
+    data_dir = paths.local_copy(paths.check(data_dir, "--data-dir"))
+  if paths.scheme(output):  # mteb writes local files: evaluate into a local folder, then upload it whole
+    output = paths.check(output, "--output")
+    with tempfile.TemporaryDirectory(prefix="instructor_jax-eval-") as tmp:
+      out = evaluate(model, data_dir=data_dir, output=tmp, tasks=tasks, split=split, max_length=max_length,
+                     batch_size=batch_size, dtype=dtype, backend=backend, instructions=instructions,
+                     no_instructions=no_instructions, model_name=model_name,
+                     cache_dir=cache_dir if cache_dir else "none", truncate_dims=truncate_dims, say=say)
+      paths.upload(tmp, output, last=("summary.json",))
+    return dict(out, output=output)
   specs = [t.strip() for t in tasks if t.strip()]
+  dims = list(dict.fromkeys(int(k) for k in truncate_dims or ()))
+  if any(k < 1 for k in dims):
+    raise errors.ConfigError(f"--truncate-dim {','.join(map(str, dims))}: every dimension must be >= 1")
   if not data_dir and not specs:
     raise errors.ConfigError("evaluate needs data_dir (offline task folders) or tasks (MTEB)")
   try:
@@ -155,11 +170,18 @@ def evaluate(model: str, *, data_dir: str | None = None, output: str, tasks: Seq
   except ValueError as e:  # bad data, model, instructions: one line
     raise errors.DataError(cli.one_line(e)) from e
   try:
+    encoders = [encoder.truncated(k) for k in dims] or [encoder]  # checked against the embedding size first
     os.makedirs(output, exist_ok=True)
     meta = encoder.mteb_model_meta
     say(f"model {meta.name} revision {meta.revision} ({backend}, max_length {max_length}); results in "
         f"{os.path.join(output, 'results')}")
-    rows, failed = run(encoder, selected, output, batch_size, log=say)
+    rows, failed = [], []
+    for enc in encoders:
+      if enc.truncate_dim is not None:
+        say(f"dimension {enc.truncate_dim} (truncated, re-normalised): {enc.mteb_model_meta.name}")
+      r, f = run(enc, selected, output, batch_size, log=say)
+      rows += [dict(row, dim=enc.truncate_dim) for row in r] if enc.truncate_dim is not None else r
+      failed += [(t + (f" (d={enc.truncate_dim})" if enc.truncate_dim is not None else ""), e) for t, e in f]
     for task, err in failed:
       hint = ("; offline (HF_HUB_OFFLINE): only task data already in the Hugging Face cache loads, evaluate local "
               "copies with --data-dir (--help-formats)") if _offline() and not data_dir else ""
@@ -169,6 +191,8 @@ def evaluate(model: str, *, data_dir: str | None = None, output: str, tasks: Seq
       info = {"name": meta.name, "revision": meta.revision, "backend": backend,
               "instructions": "none" if no_instructions else encoder.instructions.table_name,
               "max_length": max_length, "dtype": dtype}
+      if dims:
+        info["truncate_dims"] = ",".join(map(str, dims))
       summary = write_summary(rows, output, model, info, failed)
       say(summary)
     say(f"embedding cache: {encoder.cache.hits} hits, {encoder.cache.misses} misses")
@@ -242,13 +266,27 @@ def write_summary(rows: list[dict], output: str, model: str, meta: Mapping[str, 
     by_type.setdefault(r["type"], []).append(r["score"])
   averages = {t: float(np.mean(v)) for t, v in by_type.items()}
   overall = float(np.mean([r["score"] for r in rows]))
-  lines = [f"# Evaluation of `{model}`", "", ", ".join(f"{k}: {v}" for k, v in meta.items()), "",
-           "| task | type | split | metric | score | instruction | source |", "|---|---|---|---|---:|---|---|"]
+  dims = list(dict.fromkeys(r["dim"] for r in rows if r.get("dim") is not None))
+  lines = [f"# Evaluation of `{model}`", "", ", ".join(f"{k}: {v}" for k, v in meta.items()), ""]
+  by_dim = {}
+  if dims:  # Matryoshka: score against dimension, then every row below carries its dimension
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    score = {(r["task"], r["dim"]): r["score"] for r in rows}
+    by_dim = {d: float(np.mean([r["score"] for r in rows if r.get("dim") == d])) for d in dims}
+    lines += ["Scores against the embedding dimension (the first d dimensions, re-normalised):", "",
+              "| task | " + " | ".join(f"d={d}" for d in dims) + " |", "|---|" + "---:|" * len(dims)]
+    for t in tasks:
+      lines.append(f"| {t} | " + " | ".join(f"{100 * score[(t, d)]:.2f}" if (t, d) in score else "-"
+                                            for d in dims) + " |")
+    lines += ["| **average** | " + " | ".join(f"{100 * by_dim[d]:.2f}" for d in dims) + " |", ""]
+    for r in rows:
+      r["task_dim"] = f"{r['task']} (d={r['dim']})"
+  lines += ["| task | type | split | metric | score | instruction | source |", "|---|---|---|---|---:|---|---|"]
   for r in rows:
     instr = f"`{r['instruction']}`" if r.get("instruction") else "(none)"
     if r.get("document_instruction"):
       instr += f" / `{r['document_instruction']}`"
-    lines.append(f"| {r['task']} | {r['type']} | {r.get('split', '')} | {r['metric']} | {100 * r['score']:.2f} | "
+    lines.append(f"| {r.get('task_dim', r['task'])} | {r['type']} | {r.get('split', '')} | {r['metric']} | {100 * r['score']:.2f} | "
                  f"{instr} | {r.get('instruction_source', '')} |")
   lines += ["", "| task type | tasks | average |", "|---|---:|---:|"]
   for t, v in averages.items():
@@ -260,5 +298,6 @@ def write_summary(rows: list[dict], output: str, model: str, meta: Mapping[str, 
   files.write_text(os.path.join(output, "summary.md"), md)
   files.write_json(os.path.join(output, "summary.json"), {
       "model": model, **meta, "tasks": rows, "type_averages": averages, "average": overall,
+      **({"dims": dims, "dim_averages": {str(d): v for d, v in by_dim.items()}} if dims else {}),
       "failed": [{"task": t, "error": e} for t, e in failed]})
   return md

@@ -1,15 +1,8 @@
 """Writing an export's files: ``write_folder`` lays out one sentence-transformers / INSTRUCTOR folder.
 
 Read first: ``write_folder`` writes into an existing empty folder and neither verifies nor renames; the atomic,
-verified export is ``to_hf.export_folder``. Layouts:
-
-- default, **sentence-transformers >= 3**: ``config.json`` (``T5EncoderModel`` / ``BertModel``), ``model.safetensors``,
-  tokenizer files, ``modules.json`` (Transformer at path ``""``), ``sentence_bert_config.json``,
-  ``config_sentence_transformers.json``, ``1_Pooling/config.json`` (mean, ``"include_prompt": false``), ``2_Dense``
-  (``linear.weight [out, in]``, no bias; only if the model has one), ``N_Normalize`` and a ``README.md`` model card.
-- ``legacy=True`` (T5 only): the hkunlp/instructor-* layout for InstructorEmbedding 1.0.1 on sentence-transformers
-  2.2.2: ``INSTRUCTOR_Transformer`` at path ``""``, a ``1_Pooling`` config *without* ``include_prompt``,
-  ``2_Dense/pytorch_model.bin`` and a ``sentence_bert_config.json`` with only ``max_seq_length`` / ``do_lower_case``.
+verified export is ``to_hf.export_folder``. Two layouts: sentence-transformers >= 3 (default) and ``legacy=True``,
+the hkunlp/instructor-* layout (T5 only; see ``write_folder``).
 """
 from __future__ import annotations
 
@@ -26,6 +19,9 @@ from instructor_jax.storage import files
 TOKENIZER_FILES = ("spiece.model", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
 DTYPES = ("float32", "float16", "bfloat16")
+# config_sentence_transformers.json: the Matryoshka dimensions the model was trained with (ours; sentence-transformers
+# ignores the key and reads only a default "truncate_dim", which we do not set).
+MATRYOSHKA_KEY = "matryoshka_dims"
 
 
 def as_config(config: registry.Config | Mapping[str, Any], params: Mapping[str, Any] | None = None
@@ -86,8 +82,19 @@ def _versions() -> dict:
 
 def write_folder(out: str, state: Mapping[str, np.ndarray], dense: np.ndarray | None, hf_config: dict,
                  tokenizer_dir: str, *, normalize: bool = True, legacy: bool = False, dtype: str = "float32",
-                 max_seq_length: int = 512, card: str | None = None) -> None:
-  """Writes the files of one layout into an existing empty folder ``out`` (no verification, no renaming)."""
+                 max_seq_length: int = 512, card: str | None = None, matryoshka_dims=()) -> None:
+  """Writes the files of one layout into an existing empty folder ``out`` (no verification, no renaming).
+
+  - default, **sentence-transformers >= 3**: ``config.json`` (``T5EncoderModel`` / ``BertModel``),
+    ``model.safetensors``, tokenizer files, ``modules.json`` (Transformer at path ``""``),
+    ``sentence_bert_config.json``, ``config_sentence_transformers.json``, ``1_Pooling/config.json`` (mean,
+    ``"include_prompt": false``), ``2_Dense`` (``linear.weight [out, in]``, no bias; only if the model has one),
+    ``N_Normalize`` and a ``README.md`` model card.
+  - ``legacy=True`` (T5 only): the hkunlp/instructor-* layout for InstructorEmbedding 1.0.1 on sentence-transformers
+    2.2.2: ``INSTRUCTOR_Transformer`` at path ``""``, a ``1_Pooling`` config *without* ``include_prompt``,
+    ``2_Dense/pytorch_model.bin`` and a ``sentence_bert_config.json`` with only ``max_seq_length`` /
+    ``do_lower_case``.
+  """
   if dtype not in DTYPES:
     raise errors.ExportError(f"dtype must be one of {DTYPES}, got {dtype!r}")
   d_model = int(hf.config_from_hf(hf_config).d_model)
@@ -128,6 +135,8 @@ def write_folder(out: str, state: Mapping[str, np.ndarray], dense: np.ndarray | 
     st_cfg = {"__version__": {"sentence_transformers": "2.2.2", "transformers": "4.20.0", "pytorch": "1.7.0"}}
   else:
     st_cfg = {"__version__": _versions(), "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"}
+    if matryoshka_dims:
+      st_cfg[MATRYOSHKA_KEY] = [int(d) for d in matryoshka_dims]
   _json(os.path.join(out, "config_sentence_transformers.json"), st_cfg)
   if card is not None:
     files.write_text(os.path.join(out, "README.md"), card)

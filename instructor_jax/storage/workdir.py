@@ -1,19 +1,9 @@
 """One trainer per workdir, and stopping cleanly: the workdir lock, SIGTERM / SIGINT, the resume command.
 
-**Lock.** ``WORKDIR/.lock`` is a small JSON file ``{pid, host, start_time, run, started, heartbeat}`` written by
-process 0 of a run (one lock per run, whatever its process count; the other processes learn the outcome by a
-broadcast). It is created atomically (``O_CREAT | O_EXCL``), refreshed by a heartbeat thread every
-``HEARTBEAT_S``, and removed when the run ends. A second trainer on the same workdir is refused with a message
-naming the holder. A lock is *stale*, and taken over with a message, when its process is gone: on the same host, the
-pid is not running (or is another process: its start time differs); on another host (a shared filesystem), its
-heartbeat is older than ``STALE_S``. Take-over writes a new lock and re-reads it, so of two trainers taking over at
-once only one wins. Nothing else in the workdir is touched before the lock is held (orbax's start-up clean-up
-would delete a live trainer's in-flight save).
-
-**Stopping.** ``PreemptionGuard`` turns SIGTERM (TPU maintenance, SLURM preemption, ``kill``) and SIGINT (Ctrl-C)
-into a flag the loop polls; the loop saves the current step and exits 0. A second Ctrl-C stops at once (the last
-checkpoint is kept). With several processes the flag is all-reduced each step, so every host stops after the same
-step. ``resume_command()`` is the command line to print at every stop.
+Read first: process 0 of a run holds ``WORKDIR/.lock`` (``WorkdirLock``) before anything else in the workdir is
+touched, and a second trainer on the same workdir is refused. The workdir is local (the lock is a file created with
+``O_CREAT | O_EXCL``) or ``gs://`` (a Cloud Storage object created with ``ifGenerationMatch=0``). ``PreemptionGuard``
+turns SIGTERM / SIGINT into a save after the current step and exit 0; ``resume_command()`` is printed at every stop.
 """
 from __future__ import annotations
 
@@ -132,7 +122,19 @@ class _GcsObject:
 
 
 class WorkdirLock:
-  """``with WorkdirLock(workdir, log):`` -- held by process 0 for the whole run (see the module docstring)."""
+  """``with WorkdirLock(workdir, log):`` -- held by process 0 for the whole run.
+
+  ``WORKDIR/.lock`` is a small JSON object ``{pid, host, start_time, run, started, heartbeat}`` written by process 0
+  (one lock per run, whatever its process count; the other processes learn the outcome by a broadcast). It is
+  created atomically (a local file with ``O_CREAT | O_EXCL``; on ``gs://`` a Cloud Storage object with
+  ``ifGenerationMatch=0``, replaced and deleted only at the generation read), refreshed by a heartbeat thread every
+  ``HEARTBEAT_S``, and removed when the run ends. A second trainer is refused with a message naming the holder. A
+  lock is *stale*, and taken over with a message, when its process is gone: on the same host, the pid is not
+  running (or is another process: its start time differs); on another host (a shared filesystem or ``gs://``), its
+  heartbeat is older than ``STALE_S``. Take-over writes a new lock and re-reads it, so of two trainers taking over
+  at once only one wins. Nothing else in the workdir is touched before the lock is held (orbax's start-up clean-up
+  would delete a live trainer's in-flight save).
+  """
 
   def __init__(self, workdir: str, log=print):
     workdir = paths.check(workdir, "--workdir")

@@ -1,17 +1,9 @@
 """The run's config: checked at start (one line per bad key) and compared with the checkpoint's on resume.
 
-``validate(config)`` raises ``ConfigError("--config.KEY: ...")`` for the first bad value (type, range, choice,
-a missing data file), before anything is built or written.
-
-``resume_changes(stored, config)`` compares the config stored in the checkpoint with this run's. A change that
-alters the run is refused unless named in ``--config.resume_allow_changes=KEY[,KEY...]``: the model, the data
-and its lengths, packing, the loss, the optimiser and schedule, the seed, the batch. *Operational* keys may change
-freely (``OPERATIONAL``: logging and checkpoint cadence, the mesh and gradient-caching layout, remat and the
-attention kernel, evaluation and export, the data's location; mesh, chunking and remat change float rounding and
-dropout masks, not what is trained). ``num_train_steps`` may grow: the schedule (warmup ratio, linear decay to 0)
-is recomputed for the new total, so from the resume step on the learning rate follows the longer schedule (it
-jumps back up when the decay was already under way); shrinking it must be allowed by name. Accepted changes are
-recorded in the checkpoint meta as ``config_history`` (step, key, old, new).
+``validate(config)`` raises ``ConfigError("--config.KEY: ...")`` for the first bad value, before anything is built or
+written. Read first: on resume, ``resume_changes`` refuses a change that alters the run (model, data, loss, optimiser,
+seed, batch...) unless it is named in ``--config.resume_allow_changes=KEY[,KEY...]``; the ``OPERATIONAL`` keys
+(logging, checkpoint cadence, mesh, remat, evaluation, export, the data's location) may change freely.
 """
 from __future__ import annotations
 
@@ -62,7 +54,16 @@ def allowed_changes(config) -> set:
 
 def resume_changes(stored: Mapping[str, Any] | None, config) -> tuple[dict, dict]:
   """``(accepted, refused)``: ``{key: (old, new)}`` of the run-altering keys that differ, split by
-  ``resume_allow_changes``; ``num_train_steps`` growing is always accepted."""
+  ``resume_allow_changes``; ``num_train_steps`` growing is always accepted.
+
+  Run-altering: the model, the data and its lengths, packing, the loss, the optimiser and schedule, the seed, the
+  batch. *Operational* keys (``OPERATIONAL``: logging and checkpoint cadence, the mesh and gradient-caching layout,
+  remat and the attention kernel, evaluation and export, the data's location) may change freely: mesh, chunking and
+  remat change float rounding and dropout masks, not what is trained. When ``num_train_steps`` grows, the schedule
+  (warmup ratio, linear decay to 0) is recomputed for the new total, so from the resume step on the learning rate
+  follows the longer schedule (it jumps back up when the decay was already under way); shrinking it must be allowed
+  by name. Accepted changes are recorded in the checkpoint meta as ``config_history`` (step, key, old, new).
+  """
   if not stored:
     return {}, {}
   old, new = flatten(stored), flatten(config)
@@ -164,7 +165,8 @@ def check_matryoshka(config, width: int | None = None) -> None:
 
 
 def validate(config) -> None:
-  """Checks every key the trainer reads; raises ``ConfigError`` naming the first bad one."""
+  """Checks every key the trainer reads (type, range, choice, a missing data file); raises ``ConfigError`` naming the
+  first bad one."""
   from instructor_jax.training import losses
   from instructor_jax.data import sampling
   for key in ("num_train_steps", "global_batch_size", "log_every_steps", "checkpoint_every_steps",

@@ -1,18 +1,9 @@
 """Mesh from config, logical-axis rules, and global arrays from host-local rows.
 
-Mesh axes are ``("data", "fsdp", "tensor")``. ``config.mesh_shape`` gives their sizes; one ``-1`` entry takes all
-remaining devices, so ``(-1, 1, 1)`` is pure data parallelism on any device count and ``(1, -1, 1)`` is FSDP.
-
-The model (``t5.py`` / ``bert.py`` / ``embedder.py``) names its parameter and activation dimensions (``batch``,
-``length``, ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``, ``rel_buckets``; BERT's small ``positions`` /
-``token_types`` embedding tables); the rules below map them to mesh axes
-(MaxText style). Flax applies the rules in order and never uses a mesh axis twice in one array, so:
-
-- the batch of every activation is split over ``data`` x ``fsdp`` (both are data parallel for activations);
-- parameters (and therefore AdamW moments) are split on ``embed`` over ``fsdp`` (ZeRO-3 / FSDP: weights are
-  all-gathered per layer in the forward pass and gradients reduce-scattered), and on ``mlp`` / ``heads`` /
-  ``vocab`` over ``tensor`` (Megatron-style tensor parallelism);
-- in activations, ``embed`` is left unsharded because ``fsdp`` is already taken by ``batch``.
+Read first: the mesh axes are ``("data", "fsdp", "tensor")``, sized by ``config.mesh_shape`` (one ``-1`` takes the
+remaining devices, so ``(-1, 1, 1)`` is pure data parallelism and ``(1, -1, 1)`` FSDP). The model names its
+dimensions and ``DEFAULT_RULES`` map them to mesh axes (``rules_from_config``): batches split over ``data`` x
+``fsdp``, parameters on ``embed`` over ``fsdp`` and on ``mlp`` / ``heads`` / ``vocab`` over ``tensor``.
 """
 from __future__ import annotations
 
@@ -74,7 +65,19 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[Any] | None = None) -
 
 
 def rules_from_config(config) -> tuple:
-  """``config.logical_axis_rules`` (a list of ``[name, axes]``) or the defaults."""
+  """``config.logical_axis_rules`` (a list of ``[name, axes]``) or the defaults.
+
+  The model (``t5.py`` / ``bert.py`` / ``embedder.py``) names its parameter and activation dimensions (``batch``,
+  ``length``, ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``, ``rel_buckets``; BERT's small ``positions`` /
+  ``token_types`` embedding tables); the rules map them to mesh axes (MaxText style). Flax applies the rules in
+  order and never uses a mesh axis twice in one array, so with ``DEFAULT_RULES``:
+
+  - the batch of every activation is split over ``data`` x ``fsdp`` (both are data parallel for activations);
+  - parameters (and therefore AdamW moments) are split on ``embed`` over ``fsdp`` (ZeRO-3 / FSDP: weights are
+    all-gathered per layer in the forward pass and gradients reduce-scattered), and on ``mlp`` / ``heads`` /
+    ``vocab`` over ``tensor`` (Megatron-style tensor parallelism);
+  - in activations, ``embed`` is left unsharded because ``fsdp`` is already taken by ``batch``.
+  """
   rules = config.logical_axis_rules
   if not rules:
     return DEFAULT_RULES

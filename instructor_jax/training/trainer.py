@@ -1,29 +1,10 @@
 """Contrastive INSTRUCTOR training on one CPU, one GPU, a multi-GPU host or a TPU pod with the same code.
 
-Reads top to bottom:
-
-1. ``setup_distributed``: ``jax.distributed.initialize()`` on pods / clusters (``--distributed``, or explicit
-   ``--coordinator_address --num_processes --process_id``).
-2. ``build_model``: ``InstructorModel`` from ``config.model.init_checkpoint`` (a workdir, see ``checkpoints.py``),
-   ``config.model.init_from`` (any folder ``Instructor.from_pretrained`` loads, e.g. GTR or all-MiniLM-L6-v2) or
-   randomly from the HF-style ``config.model.t5`` dict (``config.model.backbone = "bert"`` with
-   ``config.model.bert`` for a random BERT); ``make_optimizer``: AdamW, warmup + linear decay, clipping.
-3. ``state_shardings``: ``sharding.make_mesh`` (``config.mesh_shape`` over ``data, fsdp, tensor``) and the
-   logical-axis rules give the ``NamedSharding`` of every parameter and optimizer moment (FSDP / tensor parallel).
-4. ``make_packer`` / ``batch_shapes``: padded batches, or (``config.data.pack``, on in every shipped config) packed
-   rows of ``config.data.pack_length`` tokens whose count per step comes from a fixed ladder (``packing.py``); the
-   batch is split over ``data x fsdp``.
-5. ``setup``: the step (``step.py``: encode, score the global batch, AdamW; plain or gradient-cached) under one
-   ``jax.jit`` with explicit in/out shardings; ``StepCompiler`` AOT-compiles one executable per batch shape (a
-   packed run meets a few ladder sizes; the prefetch thread compiles the next step's while the current one runs).
-6. ``train``, the loop: host batch from the data stream (a pure function of ``(seed, step)``, ``data.py``) ->
-   ``jax.make_array_from_process_local_data`` -> step -> metrics (``metrics.py``: ``metrics.jsonl``, tensorboard,
-   tqdm) -> async orbax checkpoints every ``checkpoint_every_steps`` and at the end; resume from the latest complete
-   one; SIGTERM saves and exits 0; a NaN / inf loss stops with an error, keeping the last good checkpoint.
-7. the command line (``instructor_jax/train.py``), then evaluation and export (``finish.py``).
-
-MFU is counted on real tokens and HFU on computed ones (``step.flops``), against ``config.peak_flops_per_device`` or
-the table of known chips below (absent on CPU).
+Reads top to bottom: ``setup_distributed`` -> ``setup`` (model, optimizer and shardings from ``state.py``, the packer,
+the jitted step, ``StepCompiler``) -> ``train`` (``restore_or_init``, then ``loop``); the command line is
+``instructor_jax/train.py``, evaluation and export ``finish.py``. Read first: a host's batch is a pure function of
+``(seed, step)``, so resuming from the newest complete checkpoint is exact; SIGTERM saves and exits 0, and a NaN /
+inf loss stops with an error, keeping the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -62,6 +43,8 @@ PEAK_FLOPS = {
 
 def setup_distributed(distributed: bool, coordinator: str | None, num_processes: int | None,
                       process_id: int | None):
+  """``jax.distributed.initialize()`` on pods / clusters (``--distributed``, or explicit ``--coordinator_address
+  --num_processes --process_id``); nothing on one process."""
   if coordinator:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
   elif distributed:
@@ -168,6 +151,13 @@ class Setup:
 
 
 def setup(config, mesh=None, load_weights: bool = True) -> Setup:
+  """Builds the ``Setup``: ``build_model`` (``config.model.init_checkpoint``, ``init_from`` or random) and
+  ``make_optimizer`` (AdamW, warmup + linear decay, clipping); ``state_shardings`` over ``sharding.make_mesh``
+  (``config.mesh_shape`` over ``data, fsdp, tensor``) and the logical-axis rules (FSDP / tensor parallel);
+  ``make_packer`` (padded, or packed rows of ``config.data.pack_length`` tokens whose count per step comes from a
+  fixed ladder, ``packing.py``), the batch split over ``data x fsdp``; and the step (``step.py``: encode, score the
+  global batch, AdamW; plain or gradient-cached) under one ``jax.jit`` with explicit in/out shardings, compiled per
+  batch shape by ``StepCompiler``."""
   mesh = sharding.make_mesh(config.mesh_shape) if mesh is None else mesh
   rules = sharding.rules_from_config(config)
   spec = build_model(config, load_weights=load_weights)
@@ -316,7 +306,13 @@ def restore_or_init(config, workdir: str, s: Setup, ckpt):
 
 
 def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream, meta) -> dict | None:
-  """The steps ``start..num_train_steps``: prefetch -> step -> metrics -> checkpoints; a signal saves and stops."""
+  """The steps ``start..num_train_steps``: prefetch -> step -> metrics -> checkpoints; a signal saves and stops.
+
+  Each step: the host batch from the data stream (a pure function of ``(seed, step)``) ->
+  ``jax.make_array_from_process_local_data`` -> step -> metrics (``metrics.py``: ``metrics.jsonl``, tensorboard,
+  tqdm) -> async orbax checkpoints every ``checkpoint_every_steps`` and at the end. The prefetch thread compiles the
+  next step's shape while the current one runs. MFU is counted on real tokens and HFU on computed ones
+  (``step.flops``), against ``config.peak_flops_per_device`` or ``PEAK_FLOPS`` (absent on CPU)."""
   is_main = jax.process_index() == 0
   log = (lambda m: print(m, flush=True)) if is_main else (lambda m: None)
   mesh, abstract = s.mesh, s.abstract
