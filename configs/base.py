@@ -48,6 +48,9 @@ def get_config():
   c.loss.variant = "instructor"      # or "gtr"
   c.loss.temperature = 0.01
   c.loss.learnable_temperature = False
+  c.loss.matryoshka_dims = ()        # Matryoshka (MRL): e.g. (768, 512, 256, 128); the loss is summed over the
+                                     # embeddings truncated to each d and re-normalised; () = off
+  c.loss.matryoshka_weights = ()     # one weight per matryoshka_dims entry; () = 1 each
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 2e-5

@@ -32,6 +32,9 @@ def _main(args) -> int:
   p.add_argument("--max-length", type=int, default=512)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (jax backend)")
   p.add_argument("--cache-dir", help="embedding cache (default OUTPUT/.embedding_cache); 'none' disables it")
+  p.add_argument("--truncate-dim", action="append", default=[], metavar="K[,K...]",
+                 help="Matryoshka: evaluate the first K dimensions, re-normalised; repeat or give a comma list for "
+                      "one result set per K (model name org/name-dK)")
   p.add_argument("--list-tasks", action="store_true", help="print the tasks with type and instructions and exit")
   p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
   p.add_argument("--help-formats", action="store_true", help="print the local data layouts and exit")
@@ -47,6 +50,11 @@ def _main(args) -> int:
       return list_tasks(args)
     except ValueError as e:
       raise errors.DataError(cli.one_line(e)) from e
+  try:
+    dims = [int(k) for spec in args.truncate_dim for k in spec.split(",") if k.strip()]
+  except ValueError:
+    raise errors.ConfigError(f"--truncate-dim {','.join(args.truncate_dim)}: expected integers such as 256,64") \
+        from None
   if not args.model:
     p.error("--model is required")
   if not args.data_dir and not specs:
@@ -55,7 +63,7 @@ def _main(args) -> int:
                            max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype,
                            backend=args.backend, instructions=args.instructions,
                            no_instructions=args.no_instructions, model_name=args.model_name,
-                           cache_dir=args.cache_dir)
+                           cache_dir=args.cache_dir, truncate_dims=dims)
   return 1 if result["failed"] else 0
 
 

@@ -1,18 +1,7 @@
-"""INSTRUCTOR as an mteb 2.x model: the instruction of every task and role, the embedding cache, the encoder
-(``mteb.models.AbsEncoder``, so ``mteb.evaluate(encoder, tasks)`` runs any text task) and its ``ModelMeta``.
-
-Instructions (``Instructions.get``), first match wins, and the result file records which one was used:
-
-1. ``--no-instructions``: none (the bare texts).
-2. the task's own (a local ``task.json``: ``instruction`` or ``query_instruction`` / ``corpus_instruction``).
-3. the INSTRUCTOR table's entry for the task's name, or for a task mteb declares it ``adapted_from`` (same data,
-   re-split or cleaned: ``SICK-R.official`` -> SICK-R, ``STSBenchmark.v2`` -> STSBenchmark).
-4. ``GENERIC[type]``: written for this purpose; never another task's entry.
-
-Roles: mteb passes ``prompt_type`` query / document for retrieval and reranking; the table's ``{"query",
-"corpus"}`` entries give one instruction each; other tasks embed every text with one instruction. Every text is
-embedded as ``[instruction, text]``: the instruction is attended to and excluded from the mean pool
-(``Instructor.encode``).
+"""INSTRUCTOR as an mteb 2.x model: the instruction of every task and role (``Instructions``), the embedding cache,
+the encoder (``mteb.models.AbsEncoder``, so ``mteb.evaluate(encoder, tasks)`` runs any text task) and its
+``ModelMeta``. Every text is embedded as ``[instruction, text]``: the instruction is attended to and excluded from
+the mean pool (``Instructor.encode``); the result file records which instruction was used.
 """
 from __future__ import annotations
 
@@ -95,7 +84,21 @@ def _pick(entry: str | Mapping, role: str) -> str:
 
 
 class Instructions:
-  """The instruction of each (task, role); see the module docstring for the rule."""
+  """The instruction of each (task, role).
+
+  ``get``: first match wins, and the result file records which one was used:
+
+  1. ``--no-instructions``: none (the bare texts).
+  2. the task's own (a local ``task.json``: ``instruction`` or ``query_instruction`` / ``corpus_instruction``).
+  3. the INSTRUCTOR table's entry for the task's name, or for a task mteb declares it ``adapted_from`` (same data,
+     re-split or cleaned: ``SICK-R.official`` -> SICK-R, ``STSBenchmark.v2`` -> STSBenchmark).
+  4. ``GENERIC[type]``: written for this purpose; never another task's entry.
+
+  Roles: mteb passes ``prompt_type`` query / document for retrieval and reranking; the table's ``{"query",
+  "corpus"}`` entries give one instruction each; other tasks embed every text with one instruction. Every text is
+  embedded as ``[instruction, text]``: the instruction is attended to and excluded from the mean pool
+  (``Instructor.encode``).
+  """
 
   def __init__(self, table: Mapping | None, table_name: str = "", task_instructions: Mapping | None = None):
     self.table, self.table_name = table, table_name
@@ -188,8 +191,9 @@ class InstructorEncoder(AbsEncoder):
   """An INSTRUCTOR model as an mteb 2.x encoder (``mteb.models.EncoderProtocol``)."""
 
   def __init__(self, embedder, meta: ModelMeta, instructions: Instructions, cache: CachedEncoder,
-               cleanup=lambda: None):
+               cleanup=lambda: None, truncate_dim: int | None = None):
     self.model = embedder
+    self.truncate_dim = truncate_dim  # Matryoshka: the first k dimensions, re-normalised (the cache holds all)
     self.mteb_model_meta = meta
     self.instructions = instructions
     self.cache = cache
@@ -200,9 +204,11 @@ class InstructorEncoder(AbsEncoder):
   def from_pretrained(cls, model: str, *, backend: str = "jax", max_length: int = 512, dtype: str = "float32",
                       instructions: str | None = None, no_instructions: bool = False,
                       task_instructions: Mapping | None = None, cache_dir: str | None = None,
-                      batch_size: int = 32, name: str | None = None, progress: bool = True) -> "InstructorEncoder":
+                      batch_size: int = 32, name: str | None = None, progress: bool = True,
+                      truncate_dim: int | None = None) -> "InstructorEncoder":
     """Loads ``model`` (``evaluation/model.py``); ``instructions``: a table file or ``hkunlp/instructor-*`` key
-    (default: the bundled table for the model's size); ``cache_dir``: the embedding cache (None: off)."""
+    (default: the bundled table for the model's size); ``cache_dir``: the embedding cache (None: off);
+    ``truncate_dim``: Matryoshka truncation (``truncated``)."""
     embedder, info, d_model, cleanup = model_lib.load_embedder(model, backend, max_length, dtype, name=name)
     table, table_name = (None, "") if no_instructions else load_instruction_table(instructions, d_model)
     loader_kwargs = dict(model=os.path.abspath(model) if os.path.exists(model) else model, backend=backend,
@@ -210,7 +216,23 @@ class InstructorEncoder(AbsEncoder):
                          no_instructions=no_instructions)
     meta = model_meta(info, table is not None, loader_kwargs)
     cache = CachedEncoder(embedder, fingerprint(info, backend, dtype), cache_dir, batch_size, progress)
-    return cls(embedder, meta, Instructions(table, table_name, task_instructions), cache, cleanup)
+    encoder = cls(embedder, meta, Instructions(table, table_name, task_instructions), cache, cleanup)
+    if truncate_dim is not None:  # ModelMeta.load_model passes the truncated model's name back: no second suffix
+      encoder = encoder.truncated(truncate_dim, suffix=not (name or "").endswith(truncate_suffix(truncate_dim)))
+    return encoder
+
+  def truncated(self, dim: int, suffix: bool = True) -> "InstructorEncoder":
+    """The same model, embeddings truncated to their first ``dim`` dimensions and re-normalised (Matryoshka),
+    sharing the loaded model and the embedding cache (of full embeddings). Its ``ModelMeta`` name is the model's
+    with ``-d{dim}`` (``truncate_suffix``), so MTEB's result layout keeps each dimension apart; same revision."""
+    from instructor_jax.models.embedder import check_truncate_dim
+    meta = self.mteb_model_meta
+    if meta.embed_dim:
+      check_truncate_dim(dim, int(meta.embed_dim), "--truncate-dim")
+    name = meta.name + truncate_suffix(dim) if suffix else meta.name
+    meta = meta.model_copy(update=dict(name=name, embed_dim=int(dim),
+                                       loader_kwargs=dict(meta.loader_kwargs, truncate_dim=int(dim))))
+    return type(self)(self.model, meta, self.instructions, self.cache, self._cleanup, int(dim))
 
   def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None,
              **kwargs) -> np.ndarray:
@@ -224,7 +246,12 @@ class InstructorEncoder(AbsEncoder):
     instruction = self.instructions.get(task_metadata.name, task_metadata.type, role,
                                         tuple(task_metadata.adapted_from or ()))
     self.used.setdefault(task_metadata.name, {})[role] = instruction
-    return self.cache(texts, instruction.text)
+    emb = self.cache(texts, instruction.text)
+    if self.truncate_dim is not None:
+      from instructor_jax.models.embedder import check_truncate_dim, truncate
+      check_truncate_dim(self.truncate_dim, emb.shape[-1], "--truncate-dim")
+      emb = truncate(emb, self.truncate_dim)
+    return emb
 
   def instructions_used(self, task_name: str) -> dict[str, str]:
     """``{role: instruction, ..., "source": ...}`` the task's texts were embedded with (for its result file)."""
@@ -235,6 +262,11 @@ class InstructorEncoder(AbsEncoder):
 
   def close(self) -> None:
     self._cleanup()
+
+
+def truncate_suffix(dim: int) -> str:
+  """What a Matryoshka-truncated model's name carries in MTEB's results: ``org/name-d64``."""
+  return f"-d{int(dim)}"
 
 
 def load_encoder(model_name: str, revision: str | None = None, **kwargs) -> InstructorEncoder:

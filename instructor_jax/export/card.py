@@ -43,14 +43,15 @@ def eval_results(path: Optional[str]) -> Optional[dict]:
   with open(path, encoding="utf-8") as f:
     data = json.load(f)
   if isinstance(data, Mapping) and "tasks" in data:
-    return {t["task"]: {"type": t.get("type", ""), "metric": t.get("metric", ""), "score": t["score"]}
-            for t in data["tasks"]}
+    return {t.get("task_dim", t["task"]): {"type": t.get("type", ""), "metric": t.get("metric", ""),
+                                           "score": t["score"]} for t in data["tasks"]}
   return data
 
 
 def model_card(name: str, *, legacy: bool, dim: int, config: registry.Config, max_seq_length: int, dtype: str,
                training_config: Mapping[str, Any] | None = None, eval_results: Mapping[str, Any] | None = None,
-               source: str | None = None, dense: bool = True, normalize: bool = True) -> str:
+               source: str | None = None, dense: bool = True, normalize: bool = True,
+               matryoshka_dims: tuple = ()) -> str:
   """A README.md for the exported folder: loading, instruction format, training config, evaluation results."""
   kind = registry.name_of(config)
   encoder = registry.backbone_of(config).describe(config)
@@ -83,6 +84,19 @@ def model_card(name: str, *, legacy: bool, dim: int, config: registry.Config, ma
               "`1_Pooling/config.json` sets `\"include_prompt\": false`, so the prompt tokens are excluded from the "
               "mean pooling as INSTRUCTOR does.", "",
               "**Difference from the INSTRUCTOR rule.** " + NOTES[kind], ""]
+  if matryoshka_dims:
+    dims = ", ".join(map(str, matryoshka_dims))
+    k = min(matryoshka_dims)
+    lines += ["## Matryoshka dimensions", "",
+              f"Trained with a Matryoshka loss at {dims} dimensions: the first k dimensions of an embedding, "
+              "re-normalised, are an embedding of their own for each of these k.", "", "```python",
+              f"model = SentenceTransformer('PATH_TO_THIS_FOLDER', truncate_dim={k})",
+              f"emb = model.encode(texts, prompt=instruction, normalize_embeddings=True)   # [N, {k}], unit norm",
+              f"# instructor_jax: Instructor.from_pretrained(...).encode(pairs, truncate_dim={k})",
+              "```", "",
+              "sentence-transformers truncates after its `Normalize` module, so without "
+              "`normalize_embeddings=True` the truncated vectors point the same way but are shorter than 1; cosine "
+              "similarities (`model.similarity`) are the same either way.", ""]
   lines += ["## Usage (instructor_jax)", "", "```python", "from instructor_jax import Instructor",
             "model = Instructor.from_pretrained('PATH_TO_THIS_FOLDER')",
             "emb = model.encode([['Represent the Science title: ', '3D ActionSLAM: wearable person tracking']])",

@@ -1,11 +1,7 @@
 """INSTRUCTOR embeddings: encoder -> mean pool over the text tokens -> Dense (no bias) -> L2 normalise.
 
-``InstructorModel`` is the Flax module used by both inference (``Instructor.encode``) and training: it takes
-``tokens [B, L]`` and ``instr_len [B]`` (the pooling offset ``n`` of the instruction rule, see
-``tokenization.py``) and returns unit vectors ``[B, D]``. The encoder is the config's backbone's (``registry.py``);
-everything after the encoder is the same for all. A model without a Dense module (e.g. all-MiniLM-L6-v2) uses the
-identity. ``Instructor`` wraps a loaded model (``loader.load``) and its tokenizer behind ``from_pretrained`` /
-``encode``.
+``InstructorModel`` is the Flax module of both inference (``Instructor.encode``) and training; ``Instructor``
+wraps a loaded model (``loader.load``) and its tokenizer behind ``from_pretrained`` / ``encode``.
 """
 from __future__ import annotations
 
@@ -50,11 +46,30 @@ def l2_normalize(x, eps: float = 1e-12):
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
+def truncate(emb: np.ndarray, dim: int | None) -> np.ndarray:
+  """Matryoshka truncation: the first ``dim`` dimensions of each row, re-normalised to unit length (what the loss
+  scores with ``loss.matryoshka_dims``); ``dim`` None: ``emb`` unchanged."""
+  if dim is None:
+    return emb
+  out = np.asarray(emb, np.float32)[..., :dim]
+  return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+
+
+def check_truncate_dim(dim, width: int, what: str = "truncate_dim") -> None:
+  """A one-line ``UserError`` unless ``dim`` is None or an integer in ``1..width``."""
+  if dim is None:
+    return
+  if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= width:
+    raise TruncateDimError(f"{what} {dim!r}: must be an integer from 1 to the model's embedding size {width}")
+
+
 class InstructorModel(nn.Module):
   """``(tokens [B, L], instr_len [B], mask [B, L] | None) -> embeddings [B, D]`` (fp32).
 
-  ``mask`` defaults to ``tokens != pad_id``. The Dense layer is absent when ``out_features`` is None. The encoder
-  (param collection ``encoder``) is the config's backbone's ``Encoder``.
+  ``instr_len`` is the pooling offset ``n`` of the instruction rule (see ``tokenization.py``); the outputs are
+  unit vectors when ``normalize``. ``mask`` defaults to ``tokens != pad_id``. The Dense layer is absent when
+  ``out_features`` is None (the identity, e.g. all-MiniLM-L6-v2). The encoder (param collection ``encoder``) is the
+  config's backbone's ``Encoder`` (``registry.py``); everything after the encoder is the same for all backbones.
   """
   config: registry.Config
   out_features: Optional[int] = None
@@ -144,8 +159,10 @@ class Instructor:
           f"or batch_size")
 
   def encode(self, inputs: Iterable[Input], batch_size: int = 32, show_progress_bar: bool | None = None,
-             pack: bool = True) -> np.ndarray:
+             pack: bool = True, truncate_dim: int | None = None) -> np.ndarray:
     """Embeds strings and ``[instruction, text]`` pairs; float32 ``[N, D]`` in input order.
+
+    ``truncate_dim=k`` (Matryoshka): ``[N, k]``, the first k dimensions re-normalised to unit length (``truncate``).
 
     Inputs are sorted by token length. With ``pack`` (default), inputs of at most ``PACK_LENGTH`` tokens are packed
     best-fit into rows of ``PACK_LENGTH`` tokens, ``max(1, batch_size * 32 // PACK_LENGTH)`` rows per call (the
@@ -155,6 +172,9 @@ class Instructor:
     """
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_truncate_dim(truncate_dim, self.dim)
+    if truncate_dim is not None:
+      return truncate(self.encode(inputs, batch_size, show_progress_bar, pack), int(truncate_dim))
     if isinstance(inputs, str):
       raise TypeError("encode takes a list of inputs; wrap a single string in a list")
     encoded = self.tokenizer.encode(inputs)
@@ -198,6 +218,10 @@ class Instructor:
 
 
 _IN_FLIGHT = 4  # encode calls dispatched ahead of the one being fetched
+
+
+class TruncateDimError(UserError, ValueError):
+  """A Matryoshka ``truncate_dim`` outside ``1..`` the embedding size."""
 
 
 class MemoryBudgetError(UserError, MemoryError):

@@ -20,6 +20,12 @@ query is scored against the global batch whatever the device count; tests compar
 and sharded against single-device runs.
 
 ``accuracy`` is the in-batch top-1 accuracy of the first term (is the positive the best-scoring candidate?).
+
+Matryoshka (``config.loss.matryoshka_dims``, MRL, Kusupati et al. 2022; ``matryoshka_loss``): the same loss on the
+first ``d`` dimensions of every embedding, re-normalised, summed over the dimensions with weights
+``matryoshka_weights`` (default 1 each): ``L = sum_d w_d L(q[:, :d], p[:, :d], n[..., :d])``. The truncation is a
+slice of the embeddings, so gradient caching (which differentiates the loss w.r.t. the embeddings) and sharding
+need nothing of their own.
 """
 from __future__ import annotations
 
@@ -73,6 +79,32 @@ def contrastive_loss(q, p, n, temperature, variant: str = "instructor"):
   # Ties count as misses (argmax picks the first maximum, which is the positive only under `variant=instructor`).
   accuracy = jnp.mean((jnp.argmax(logits_q, axis=-1) == labels_q).astype(jnp.float32))
   return loss, dict(loss=loss, accuracy=accuracy, loss_q=loss_q, loss_p=loss_p)
+
+
+def matryoshka_loss(q, p, n, temperature, variant: str = "instructor", dims=(), weights=()):
+  """``contrastive_loss`` summed over the truncated embeddings ``[..., :d]`` for ``d`` in ``dims``, weighted by
+  ``weights`` (empty: 1 each); ``dims`` empty: ``contrastive_loss`` itself.
+
+  ``metrics``: ``loss``, ``loss_q``, ``loss_p`` the weighted sums, ``accuracy`` that of the largest ``d``, and per
+  dimension ``loss_d{d}`` and ``accuracy_d{d}``.
+  """
+  dims = tuple(int(d) for d in dims or ())
+  if not dims:
+    return contrastive_loss(q, p, n, temperature, variant)
+  weights = tuple(float(w) for w in weights or ()) or (1.0,) * len(dims)
+  if len(weights) != len(dims):
+    raise ValueError(f"matryoshka_weights {weights} must have one weight per dimension of {dims}")
+  width = q.shape[-1]
+  if any(d < 1 or d > width for d in dims):
+    raise ValueError(f"matryoshka_dims {dims} must be in 1..{width} (the embedding size)")
+  total, out = None, {}
+  for d, w in zip(dims, weights):
+    loss_d, m = contrastive_loss(q[..., :d], p[..., :d], n[..., :d], temperature, variant)
+    terms = {k: w * m[k] for k in ("loss", "loss_q", "loss_p")}
+    total = terms if total is None else {k: total[k] + terms[k] for k in terms}
+    out[f"loss_d{d}"], out[f"accuracy_d{d}"] = loss_d, m["accuracy"]
+  metrics = dict(total, accuracy=out[f"accuracy_d{max(dims)}"], **out)
+  return total["loss"], metrics
 
 
 def temperature_value(params_extra, config_loss):

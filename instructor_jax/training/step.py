@@ -240,7 +240,8 @@ class Packed:
 # ----------------------------------------------------------------------------------------------------------------
 def _score(trainable, embs, batch, inputs, config):
   tau = losses.temperature_value(trainable, config.loss)
-  return losses.contrastive_loss(*inputs.split(embs, batch), tau, config.loss.variant)
+  return losses.matryoshka_loss(*inputs.split(embs, batch), tau, config.loss.variant,
+                                tuple(config.loss.matryoshka_dims), tuple(config.loss.matryoshka_weights))
 
 
 def plain_grads(model, inputs, config, mesh, trainable, batch, rng):
