@@ -1,5 +1,12 @@
 """instructor_jax: INSTRUCTOR instruction-conditioned text embeddings in JAX/Flax (TPU-first)."""
-from instructor_jax.data.tokenization import Tokenizer, instruction_length, join_instruction
+import os
+
+# gs:// goes through etils.epath's fsspec backend (gcsfs) in every process, ours and orbax's: epath would otherwise
+# pick TensorFlow's GCS client whenever TF is installed, which imports TF and ignores STORAGE_EMULATOR_HOST. Set
+# before anything uses epath (it decides once per process); EPATH_USE_TF=true in the environment keeps TF's client.
+os.environ.setdefault("EPATH_USE_TF", "false")
+
+from instructor_jax.data.tokenization import Tokenizer, instruction_length, join_instruction  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -81,6 +81,8 @@ def gcs():
   proc, server = start()
   old = {k: os.environ.get(k) for k in server.env}
   os.environ.update(server.env)
+  from etils.epath import gpath  # epath decides TF-or-fsspec once per process: decide again with EPATH_USE_TF=false
+  gpath._is_tf_installed.cache_clear()
   try:
     yield server
   finally:

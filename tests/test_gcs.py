@@ -16,7 +16,7 @@ import pytest
 from helpers import DEMO_CONFIG, SMALL, ROOT, cli_env, last_line, metrics, run_module, run_train, train_cmd
 from instructor_jax.storage import paths, workdir as workdir_lib
 
-STEPS = 16
+STEPS = 40
 COMMON = (f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=4")
 
 
