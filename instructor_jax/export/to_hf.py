@@ -167,7 +167,10 @@ def export_folder(params: Mapping[str, Any], config: registry.Config | Mapping[s
                                               verify_length)
       verify_lib.verify_export(tmp, expected, legacy=legacy, dtype=dtype, state=state, dense=dense,
                                max_length=verify_length, log=log)
-  use = (f"InstructorEmbedding 1.0.1: INSTRUCTOR({out!r}).encode([[instruction, text], ...])" if legacy else
-         f"SentenceTransformer({out!r}).encode(texts, prompt=instruction)")
+  local = out if not paths.is_gcs(out) else "<a local copy>"  # neither package opens gs:// itself
+  use = (f"InstructorEmbedding 1.0.1: INSTRUCTOR({local!r}).encode([[instruction, text], ...])" if legacy else
+         f"SentenceTransformer({local!r}).encode(texts, prompt=instruction)")
+  if paths.is_gcs(out):
+    use += f"; instructor_jax.Instructor.from_pretrained({out!r}) reads it directly"
   log(f"wrote {out} ({'legacy INSTRUCTOR' if legacy else 'sentence-transformers'} layout, {dtype}): {use}")
   return out
