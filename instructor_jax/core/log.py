@@ -18,10 +18,18 @@ def _is_main_process() -> bool:
     return True
 
 
-def info(message: str, all_hosts: bool = False) -> None:
+def _text(message: str, args) -> str:
+  return message % args if args else message
+
+
+def info(message: str, *args, all_hosts: bool = False) -> None:
+  """A status line (``message % args`` when args are given, as Python's logging formats)."""
   if all_hosts or _is_main_process():
-    print(message, file=sys.stderr, flush=True)
+    print(_text(message, args), file=sys.stderr, flush=True)
 
 
-def warn(message: str, all_hosts: bool = False) -> None:
-  info(f"warning: {message}", all_hosts=all_hosts)
+def warn(message: str, *args, all_hosts: bool = False) -> None:
+  info(f"warning: {_text(message, args)}", all_hosts=all_hosts)
+
+
+warning = warn

@@ -15,15 +15,13 @@ import collections
 import dataclasses
 import hashlib
 import json
-import logging
-import os
 import re
 from typing import Any, Iterator, Optional, Sequence
 
+from instructor_jax.core import log
 from instructor_jax.core import errors
 from instructor_jax.storage import files, paths
 
-log = logging.getLogger(__name__)
 
 ERROR_CLASSES = ("invalid_json", "invalid_utf8", "not_an_object", "missing_key", "extra_key", "duplicate_key",
                  "bad_side", "empty_text", "bad_task_id", "bad_instruction", "truncated", "no_records")

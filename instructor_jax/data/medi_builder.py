@@ -21,11 +21,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from instructor_jax.core import log
 from instructor_jax.core import errors
 from instructor_jax.storage import files
 from instructor_jax.data.medi import Report, read_medi, stable_hash, write_jsonl
 
-log = logging.getLogger(__name__)
 
 INSTRUCTION_TEMPLATE = "Represent the {domain} {text_type} for {objective}: "
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from typing import Optional, Sequence
@@ -26,7 +25,6 @@ from instructor_jax.data.features import (MAX_INVALID_FRACTION, _TOKENIZE_CHUNK,
                                      content_fingerprint)
 from instructor_jax.data.tokenization import join_instruction
 
-log = logging.getLogger(__name__)
 
 FORMAT = "instructor_jax.prepared_medi"
 VERSION = 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
-import logging
 
 import numpy as np
 
@@ -20,7 +19,6 @@ from instructor_jax.data import medi
 from instructor_jax.core.errors import DataError
 from instructor_jax.data.features import MediIndex, TaskData, ragged_from_rows
 
-log = logging.getLogger(__name__)
 
 REQUIRED = ("query_tokens", "query_instr_len", "pos_tokens", "pos_instr_len")
 NEGATIVES = ("neg_tokens", "neg_instr_len")

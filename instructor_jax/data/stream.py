@@ -9,13 +9,13 @@ random tokens (tests, benchmarks); the ``preview`` / ``prepare`` commands are in
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import threading
 from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
+from instructor_jax.core import log
 from instructor_jax.storage import paths
 from instructor_jax.data import packing
 from instructor_jax.data import prepared
@@ -23,7 +23,6 @@ from instructor_jax.core.errors import DataError
 from instructor_jax.data.features import Featurizer, MediIndex, pad_rows
 from instructor_jax.data.sampling import Sampler, check_step, host_batch_size
 
-log = logging.getLogger(__name__)
 
 SOURCES = ("file", "prepared", "seqio")  # what load_index reads; config.data.source may also be "synthetic"
 BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),

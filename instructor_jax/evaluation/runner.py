@@ -11,7 +11,6 @@ task failed. Instructions, outputs, cache and --truncate-dim: see evaluate() in 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys

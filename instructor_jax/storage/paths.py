@@ -94,7 +94,10 @@ def isfile(path: str) -> bool:
 def listdir(path: str) -> list[str]:
   if is_gcs(path):
     p = epath(path)
-    return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
+    try:
+      return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
+    except FileNotFoundError:  # the prefix's last object went away between the two calls: an empty folder now
+      return []
   return sorted(os.listdir(path))
 
 

@@ -1,31 +1,11 @@
-"""Contrastive losses over the *global* batch (INSTRUCTOR and GTR variants).
+"""Contrastive losses over the *global* batch: INSTRUCTOR (default) and GTR variants, and the Matryoshka sum.
 
-Inputs are the embeddings of the whole global batch: queries ``q [B, D]``, positives ``p [B, D]`` and hard
-negatives ``n [B, N, D]`` (N per query). Similarities are cosine similarities (rows are re-normalised, so
-unnormalised embeddings are fine) computed and scored in fp32, divided by the temperature ``tau``.
-
-INSTRUCTOR (default; the reference ``InstructorEmbedding`` trainer's ``compute_loss``):
-
-    L = mean_i CE([s(q_i, p_i), s(q_i, n_all)] / tau, label 0)           # query -> positive vs all hard negatives
-      + mean_i CE([s(p_i, q_i), s(p_i, q_j) for j != i] / tau, label 0)   # positive -> its query vs other queries
-
-where ``n_all`` is every hard negative of the global batch (B*N candidates).
-
-GTR (``variant="gtr"``): the first term also takes the other queries' positives as candidates,
-``CE([s(q_i, p_j) for all j, s(q_i, n_all)] / tau, label i)``; the second term is unchanged.
-
-The code is written as if on one device. Under ``jax.jit`` with batch-sharded inputs, the ``[B, B*N]`` similarity
-matmuls make XLA all-gather the candidate embeddings (``D`` floats per row, cheap next to the encoder), so every
-query is scored against the global batch whatever the device count; tests compare against a numpy re-statement
-and sharded against single-device runs.
-
-``accuracy`` is the in-batch top-1 accuracy of the first term (is the positive the best-scoring candidate?).
-
-Matryoshka (``config.loss.matryoshka_dims``, MRL, Kusupati et al. 2022; ``matryoshka_loss``): the same loss on the
-first ``d`` dimensions of every embedding, re-normalised, summed over the dimensions with weights
-``matryoshka_weights`` (default 1 each): ``L = sum_d w_d L(q[:, :d], p[:, :d], n[..., :d])``. The truncation is a
-slice of the embeddings, so gradient caching (which differentiates the loss w.r.t. the embeddings) and sharding
-need nothing of their own.
+``contrastive_loss(q [B, D], p [B, D], n [B, N, D], temperature, variant) -> (loss, metrics)``: cosine similarities
+in fp32 over temperature; query -> its positive vs every hard negative of the global batch, plus positive -> its
+query vs the other queries (GTR adds the other positives as candidates). The first thing to know: it is written as
+if on one device; under ``jax.jit`` with batch-sharded inputs XLA gathers the candidates, so every query is scored
+against the global batch. ``matryoshka_loss`` sums it over truncated, re-normalised embeddings. WORKSPACE.md has
+the formulas.
 """
 from __future__ import annotations
 

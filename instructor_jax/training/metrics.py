@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import time
 
-from absl import logging
-import jax
+from absl import jax
 import numpy as np
 
+from instructor_jax.core import log
 from instructor_jax.storage import files, paths
 from instructor_jax.training import step as step_lib
 
@@ -98,7 +98,7 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(paths.join(workdir, "tensorboard"))
     except Exception as e:  # pragma: no cover - tensorboard is optional
-      logging.warning("tensorboard disabled: %s", e)
+      log.warn("tensorboard disabled: %s", e)
 
   def write(self, step: int, metrics: dict):
     if not self.active:

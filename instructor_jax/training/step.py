@@ -1,55 +1,11 @@
 """The training step as a pure function: encode one step's sequences, score the global batch, AdamW.
 
-    step_fn, grad_fn = make_train_step(model, tx, schedule, config, mesh, param_shardings, inputs)
-
-``step_fn(state, batch) -> (state, metrics)`` with ``state = {'params', 'opt_state', 'rng', 'step'}``; trace it
-inside ``activation_sharding(mesh, rules)`` (``train.setup`` does) so the model's activation constraints apply.
-
-**Rows.** The batch reaches the step as *rows*, a leading dimension split over the batch mesh axes
-(``data x fsdp``). ``inputs`` says what a row is:
-
-- ``Padded`` (``config.data.pack = False``): one example, i.e. its query ``[Lq]``, positive and N negatives
-  ``[Ld]`` (``query_tokens [B, Lq]``, ``pos_tokens [B, Ld]``, ``neg_tokens [B, N, Ld]`` and their ``*_instr_len``);
-  with ``Lq == Ld`` the ``2 + N`` sequences of a row are encoded in one ``[B * (2 + N), L]`` call.
-- ``Packed`` (``config.data.pack = True``, see ``packing.py``): ``pack_length`` tokens holding several whole
-  sequences (``tokens``, ``segment_ids``, ``pool_ids [R, Lp]``, ``slot_seq [R, S]``); the encoder masks attention
-  per segment and pools each segment over its own text tokens, giving ``[R, S, D]`` slot embeddings, which
-  ``slot_seq`` sums back into ``[B, 2 + N, D]`` (each sequence is in exactly one slot, so the sum is a copy).
-
-Both then give ``q [B, D]``, ``p [B, D]``, ``n [B, N, D]`` and the same global-batch loss (``losses.py``). Plain
-gradients and gradient caching are written once, over rows.
-
-**Gradient caching** (``config.grad_cache_chunk = C`` queries per chunk; packed, at most ``C * (2 + N)`` rows of
-``pack_length`` per chunk, the padded chunk's token budget when ``pack_length`` is the max length; GradCache, Gao
-et al. 2021): (a) embed the rows in ``k`` chunks without keeping activations; (b) the loss
-and its gradient w.r.t. the embeddings only; (c) re-run each chunk under ``jax.vjp`` and accumulate ``J^T g``.
-Chunks are device-local: this shard's rows ``[B/S]`` are viewed as ``[k, C/S]`` and chunk j takes ``[:, j]``, C/S
-rows *from every shard*, so no rows move between devices. Passes (a) and (c) run in ``jax.shard_map`` manual over
-``data`` (and over ``fsdp`` with ``grad_cache_fsdp = "once"``; axes of size 1 never), automatic over the rest: each
-device accumulates *its own, un-reduced* partial gradient and one psum / psum_scatter after the scan reduces it
-(``reduce_partial``). Under automatic sharding an accumulator constrained to the parameter sharding would be a
-reduced value in every iteration, i.e. one all-reduce of the whole gradient per chunk. FSDP:
-
-- ``"per_chunk"`` (default): ``fsdp`` stays automatic, so the chunk loop is ZeRO-3 like the uncached step
-  (parameters stay sharded, each chunk's gradient reduce-scattered over ``fsdp``; embedding tables gathered over
-  ``fsdp``, ``gather_tables``). Communication ~4 x parameter bytes per chunk over ``fsdp``.
-- ``"once"``: parameters all-gathered over ``fsdp`` once per step, a full-size (``tensor``-sharded) accumulator,
-  reduce-scattered once: ~2 x parameter bytes per step whatever k, but a gathered copy and a full-size
-  accumulator per device (XL on fsdp 8: 13 GB more than ``per_chunk``, BENCHMARKS.md).
-
-With dropout off the cached gradients equal the uncached step's. With dropout a chunk's key is folded with the
-manual shard index, the same in (a) and (c), so the recomputed activations are the ones the loss saw; rows split
-over automatic axes draw their masks as one array (threefry bits do not depend on the partitioning; the
-finite-difference test uses threefry, and a run of it by hand with ``unsafe_rbg`` on CPU also agreed). Masks
-therefore depend on the mesh, the FSDP mode, the chunking and the packing layout.
-
-**FLOPs** (``flops``): forward FLOPs of one sequence of length L = ``2 * L * P_layers + 4 * num_layers * L^2 * h *
-d_kv`` (matmul weights, then QK^T and AV) ``+ 2 * d_model * out_features`` (Dense); ``P_layers`` = non-embedding
-encoder weights (attention ``4 d_model h d_kv``, MLP ``2 or 3 * d_model d_ff`` per layer; the embedding lookup is a
-gather). The step reports, per step, ``real_tokens`` / ``real_tokens_sq`` (sum of L and L^2 over the sequences) and
-``computed_tokens`` / ``computed_tokens_sq`` (over what the hardware computes: padded sequences, or packed rows of
-``pack_length``). MFU counts model FLOPs (3 passes: forward + 2x backward) on real tokens; HFU counts the hardware's
-FLOPs on computed tokens, with gradient caching's first pass and full remat's second forward.
+``make_train_step(model, tx, schedule, config, mesh, param_shardings, inputs) -> (step_fn, grad_fn)``;
+``step_fn(state, batch) -> (state, metrics)`` is traced once per batch shape under ``jax.jit``. ``Padded`` / ``Packed``
+say what a row is; ``plain_grads`` and ``grad_cache_grads`` are written once over rows. The first thing to know: the
+gradient-cached path embeds the rows in chunks without activations, takes the loss gradient w.r.t. the embeddings
+over the *global* batch, and pushes it back chunk by chunk inside a ``shard_map`` manual over ``data`` -- so its
+gradients equal the plain step's. WORKSPACE.md ("training/step.py") has the derivation.
 """
 from __future__ import annotations
 
