@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-from absl import jax
+import jax
 import numpy as np
 
 from instructor_jax.core import log
