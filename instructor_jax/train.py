@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -40,20 +41,29 @@ flags.DEFINE_bool("print_config", False, "print the config's keys and values (de
 FLAGS = flags.FLAGS
 
 
+def _config_spec(argv) -> str:
+  """The ``--config`` value on the command line (``configs/x.py[:variant]``)."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+  if not spec and "--config" in argv[:-1]:
+    spec = argv[argv.index("--config") + 1]
+  return spec
+
+
 def _parse_flags(argv):
   """absl's flag parsing, with a bad ``--config`` / ``--config.KEY`` as a one-line user error."""
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    text = cli.one_line(e)
-    if "Error whilst parsing config file" in text:  # get_config raised: its last line says why
-      text = f"{text.split(':', 1)[0]}: {text.rstrip().rsplit('^', 1)[-1].strip()}"
+    text, spec = cli.one_line(e), _config_spec(argv)
+    if "get_config() takes 0 positional arguments" in text:  # configs/x.py:VARIANT on a config without variants
+      raise run_config.ConfigError(f"--config {spec}: this config has no variants; drop ':{spec.split(':')[-1]}' "
+                                   f"(configs/instructor_*.py take v4-32, v5e-64, gpu8)") from None
+    found = re.findall(r"\b(\w+(?:Error|Exception)): (.*?)(?= File \"| \w+(?:Error|Exception): |$)", text)
+    if spec and found:  # get_config raised: say what it said, not the traceback around it
+      raise run_config.ConfigError(f"--config {spec}: {found[-1][1].strip()}") from None
     raise run_config.ConfigError(text) from None
   except OSError as e:  # --config FILE that cannot be read (ml_collections' message names the module, not FILE)
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if spec is None and "--config" in argv[:-1]:
-      spec = argv[argv.index("--config") + 1]
-    raise run_config.ConfigError(f"--config {spec}: cannot load the config file "
+    raise run_config.ConfigError(f"--config {_config_spec(argv) or None}: cannot load the config file "
                                  f"({cli.one_line(e.__cause__ or e).splitlines()[0]})") from None
   except (AttributeError, KeyError) as e:  # --config.KEY=VALUE naming a key the config does not have
     key = str(e).strip("\"'")
