@@ -42,14 +42,18 @@ def environment(url: str) -> dict:
           "GCE_METADATA_IP": "127.0.0.1:9", "EPATH_USE_TF": "false", "GOOGLE_CLOUD_PROJECT": "test"}
 
 
+try:  # resolved here, in the parent: the child only makes the syscall (no dlopen between fork and exec)
+  import ctypes
+  _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+  _PRCTL = None
+
+
 def _die_with_parent() -> None:
-  """In the server's process, before exec: SIGKILL when the process that started it dies (a killed pytest run leaves
-  no server behind). Linux only; elsewhere a no-op."""
-  try:
-    import ctypes
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-  except OSError:
-    pass
+  """In the server's process, before exec: SIGKILL when the process that started it dies (a killed pytest run
+  leaves no server behind). Linux only; elsewhere a no-op."""
+  if _PRCTL is not None:
+    _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def start(bucket: str = "bucket", standalone: bool = False):
