@@ -60,7 +60,8 @@ def read_jsonl(path: str, default_instruction: str | None = None) -> list:
 
 def check_output(path: str) -> None:
   """Fails before any work when ``--output`` cannot be written: a folder, a missing or read-only parent."""
-  if paths.check(path, "--output") and paths.is_gcs(path):
+  path = paths.check(path, "--output")
+  if paths.is_gcs(path):
     return  # Cloud Storage: written as one object at the end
   if os.path.isdir(path):
     raise InputError(f"--output {path}: is a folder; name a .npy file")

@@ -136,8 +136,9 @@ def test_atomic_files_and_folders_local_and_gcs(tmp_path, request, where):
 
 def test_other_schemes_are_one_line_errors(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  for bad in ("s3://x/run", "hdfs://nn/run", "gs:/bucket/run", "gs:///run"):
-    with pytest.raises(paths.PathError, match="scheme|expected gs://BUCKET"):
+  for bad, why in (("s3://x/run", "the s3:// scheme is not supported"), ("hdfs://nn/run", "the hdfs:// scheme"),
+                   ("gs:/bucket/run", "expected gs://BUCKET"), ("gs:///run", "expected gs://BUCKET")):
+    with pytest.raises(paths.PathError, match=why):
       paths.check(bad, "--workdir")
   assert paths.check("gs://b/run/", "--workdir") == "gs://b/run"
   assert paths.check("run") == str(tmp_path / "run")

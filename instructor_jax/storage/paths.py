@@ -68,13 +68,19 @@ def dirname(path: str) -> str:
   return path.rstrip("/").rsplit("/", 1)[0] if is_gcs(path) else os.path.dirname(path)
 
 
+_configured = False
+
+
 def epath(path):
   """``etils.epath.Path`` for ``path`` (imported lazily: the data tools stay light). gcsfs's listing cache is
   off: a trainer polls folders that other processes write (steps, the lock, metrics), and a cached listing would
   hide them."""
-  import fsspec
-  for protocol in ("gs", "gcs"):
-    fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
+  global _configured
+  if not _configured:  # once per process, before the first gs:// filesystem is made
+    import fsspec
+    for protocol in ("gs", "gcs"):
+      fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
+    _configured = True
   from etils import epath as ep
   return ep.Path(path)
 

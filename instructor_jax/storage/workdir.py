@@ -238,12 +238,7 @@ class WorkdirLock:
 def check_writable(workdir: str) -> None:
   """At start, before any step: ``workdir`` is local or gs:// (another scheme is refused), has a UTF-8 path (orbax /
   tensorstore need one), is a folder (made if missing) and can be written; else a one-line ``UserError``."""
-  try:
-    os.fsdecode(os.fsencode(workdir)).encode("utf-8")
-  except UnicodeError:
-    raise UserError(f"--workdir {workdir!r}: the path is not valid UTF-8 (checkpoints need a UTF-8 path); "
-                    f"choose another name") from None
-  workdir = paths.check(workdir, "--workdir")
+  workdir = paths.check(workdir, "--workdir")  # a non-UTF-8 local name or another scheme: one line
   if not paths.is_gcs(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir {workdir}: exists and is not a folder")
   try:
