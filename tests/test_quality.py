@@ -1,81 +1,93 @@
-"""bench/quality.py's pieces on a tiny random BERT (the real all-MiniLM-L6-v2 run is in QUALITY.md).
+"""bench/quality.py's report and record plumbing on synthetic records (the real study is in QUALITY.md).
 
-The PyTorch re-statement of the fine-tuning must be the same training problem as the JAX trainer: same loss, same
-batches in the same order, same schedule. Checked here with dropout off: the per-step losses of a few steps agree.
+The tables must come from the raw records alone: mean ± sample std over seeds, the mean over notions taken per seed
+first, the goal test (> 2 std of the larger seed spread), and the learning curves read from metrics.jsonl's
+``eval/<task>/<metric>`` entries.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 
-import jax.numpy as jnp
-import numpy as np
 import pytest
-import torch
 
-import reference
 from bench import quality
-from instructor_jax.training import losses
-from instructor_jax.training import finish, trainer as train
-from instructor_jax.models.embedder import Instructor
-
-from helpers import SMALL as MEDI, losses as losses_of
 
 
-@pytest.mark.parametrize("num_neg", [1, 2])
-def test_torch_loss_equals_jax_loss(num_neg):
-  rng = np.random.default_rng(num_neg)
-  b, d = 6, 8
-  q, p = rng.normal(size=(b, d)), rng.normal(size=(b, d))
-  n = rng.normal(size=(b, num_neg, d))
-  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  ref, _ = losses.contrastive_loss(jnp.asarray(q), jnp.asarray(p), jnp.asarray(n), 0.05)
-  got = quality.instructor_loss_torch(torch.tensor(unit(q)), torch.tensor(unit(p)),
-                                      torch.tensor(unit(n.reshape(b * num_neg, d))), 0.05)
-  np.testing.assert_allclose(float(got), float(ref), rtol=1e-6)
+def _record(config, seed, notion_scores, heldout=None, variant="", curve=None):
+  r = dict(config=config, seed=seed, variant=variant, notions=dict(zip(quality.NOTION_TASKS, notion_scores)),
+           train_s=100.0 + seed, eval_notions_s=10.0, eval_heldout_s=20.0)
+  if heldout is not None:
+    r["heldout"] = dict(zip(quality.HELDOUT_NAMES, heldout))
+  if curve:
+    r["curve"] = curve
+  return r
 
 
-def test_noinstr_and_unseen_filters(tmp_path):
-  src = tmp_path / "derived.json"
-  recs = [{"query": ["Represent the claim;", f"q{i}"], "pos": ["Represent the abstract;", f"p{i}"],
-           "neg": ["Represent the abstract;", f"n{i}"], "task_name": name}
-          for i, name in enumerate(["scifact_train_x", "banking77_train_y", "stsb_train_z", "sick_train_w"])]
-  src.write_text(json.dumps(recs))
-  assert quality.make_noinstr(str(src), str(tmp_path / "noinstr.json")) == 4
-  out = json.loads((tmp_path / "noinstr.json").read_text())
-  assert all(r[s][0] == "" and r[s][1] == orig[s][1] for r, orig in zip(out, recs) for s in ("query", "pos", "neg"))
-  kept = [r for r in quality._read_records(str(src)) if not r["task_name"].startswith(quality.UNSEEN)]
-  assert [r["task_name"] for r in kept] == ["stsb_train_z", "sick_train_w"]
+@pytest.fixture
+def results(tmp_path):
+  folder = tmp_path / "results"
+  folder.mkdir()
+  recs = []
+  for seed in range(3):
+    recs.append(_record("pretrained", seed, [0.5, 0.6, 0.7, 0.8], [0.8] * 7))
+    recs.append(_record("ft_instr", seed, [0.70 + 0.01 * seed, 0.9, 0.8, 0.9], [0.82] * 7))
+    recs.append(_record("ft_noinstr", seed, [0.60 - 0.01 * seed, 0.7, 0.75, 0.8], [0.81] * 7))
+  recs[1]["curve"] = [{"step": 50, **dict(zip(quality.NOTION_TASKS, [0.6, 0.7, 0.8, 0.9]))}]
+  for r in recs:
+    (folder / f"{quality.run_name(r['config'], r['seed'])}.json").write_text(json.dumps(r))
+  (folder / "notes.json").write_text(json.dumps({"not": "a record"}))   # ignored
+  return str(folder), recs
 
 
-@pytest.mark.slow
-def test_torch_restatement_matches_jax_trainer(tmp_path):
-  """Dropout off, 3 steps from the same tiny BERT on the same MEDI batches: per-step losses agree, and both exports
-  load with Instructor.from_pretrained."""
-  model_dir = reference.make_bert_checkpoint(str(tmp_path / "bert"), hidden_dropout_prob=0.0,
-                                             attention_probs_dropout_prob=0.0)
-  steps = 3
-  c = quality._config().get_config()
-  c.model.init_from = model_dir
-  c.model.dropout_rate = 0.0
-  c.data.medi_path = MEDI
-  c.num_train_steps = steps
-  c.global_batch_size = 4
-  c.checkpoint_every_steps = steps
-  c.log_every_steps = 1
-  c.optim.learning_rate = 1e-3  # large enough that later steps see visibly updated weights
-  c.async_checkpoints = False
-  workdir = str(tmp_path / "jax")
-  train.train(c, workdir)
-  finish.finish(c, workdir)
-  jax_losses = losses_of(workdir)
-  assert len(jax_losses) == steps
+def test_summary_means_over_notions_per_seed(results):
+  folder, recs = results
+  s = quality.summarize(quality.load_records(folder))
+  assert set(s) == {"pretrained", "ft_instr", "ft_noinstr"} and s["ft_instr"]["seeds"] == [0, 1, 2]
+  per_seed = [statistics.mean(r["notions"].values()) for r in recs if r["config"] == "ft_instr"]
+  m, sd, n = s["ft_instr"]["notions_mean"]
+  assert n == 3 and m == pytest.approx(statistics.mean(per_seed)) and sd == pytest.approx(statistics.stdev(per_seed))
+  assert s["pretrained"]["notions"]["stereoset_label"] == (0.5, 0.0, 3)
+  g = quality.goal(s)
+  assert g["beats_noinstr"] and g["beats_pretrained"]
+  assert g["gap"] == pytest.approx(s["ft_instr"]["notions_mean"][0] - s["ft_noinstr"]["notions_mean"][0])
 
-  out = str(tmp_path / "q")
-  export, _ = quality.train_torch("torch", MEDI, model_dir, out, steps, 0, dropout=0.0, config=c)
-  torch_losses = json.load(open(os.path.join(out, "runs", "torch", "losses.json")))
-  np.testing.assert_allclose(torch_losses, jax_losses, rtol=2e-4)
-  assert torch_losses[0] != torch_losses[-1]  # the weights did move
-  for folder in (os.path.join(workdir, "export"), export):
-    emb = Instructor.from_pretrained(folder).encode([["Represent the sentence;", "a b c"], "d e"])
-    assert emb.shape[0] == 2 and np.all(np.isfinite(emb))
+
+def test_goal_fails_within_the_spread():
+  s = quality.summarize([_record("ft_instr", i, [0.5 + 0.05 * i] * 4) for i in range(3)]
+                        + [_record("ft_noinstr", i, [0.5 + 0.05 * (2 - i) - 0.01] * 4) for i in range(3)])
+  g = quality.goal(s)
+  assert g["gap"] == pytest.approx(0.01) and not g["beats_noinstr"] and "beats_pretrained" not in g
+
+
+def test_report_tables(results):
+  folder, _ = results
+  md = quality.report(folder)
+  assert "### Conflicting notions" in md and "### Standard held-out tasks" in md and "### Learning curves" in md
+  assert "| `ft_instr` | 0,1,2 | 71.00 ± 1.00 | 90.00 ± 0.00 |" in md
+  assert "> 2 std: **yes**" in md and "| 50 | 60.00 | 70.00 | 80.00 | 90.00 | 75.00 |" in md
+
+
+def test_read_curve_and_last_metrics(tmp_path):
+  lines = [{"step": 10, "loss": 1.0}, {"step": 20, "loss": 0.5, "eval/stereoset_label/accuracy": 0.6,
+                                       "eval/sick_relatedness/cosine_spearman": 0.7, "eval/seconds": 3.0},
+           {"step": 40, "eval/stereoset_label/accuracy": 0.65}]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+  assert quality.read_curve(str(tmp_path)) == [{"step": 20, "stereoset_label": 0.6, "sick_relatedness": 0.7},
+                                               {"step": 40, "stereoset_label": 0.65}]
+  assert quality.last_metrics(str(tmp_path))["step"] == 20
+  assert quality.read_curve(str(tmp_path / "missing")) == []
+
+
+def test_names_and_cli_checks(tmp_path, capsys):
+  assert quality.run_name("ft_instr", 2) == "ft_instr-s2"
+  v = quality.variant_of([("loss.temperature", "0.02")])
+  assert v == "temperature=0.02" and quality.run_name("ft_instr", 0, v) == "ft_instr@temperature=0.02-s0"
+  with pytest.raises(SystemExit):
+    quality.main(["--shared", str(tmp_path)])                    # --out missing
+  with pytest.raises(SystemExit, match="not found|no pretrained model"):
+    quality.main(["--out", str(tmp_path / "o"), "--shared", str(tmp_path / "nowhere")])
+  quality.main(["--report", str(tmp_path)])                      # an empty folder: a table with no rows
+  assert "Records: 0" in capsys.readouterr().out
+  assert os.path.basename(quality.DEFAULT_RESULTS) == "quality-2026-12-06"
