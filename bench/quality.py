@@ -95,6 +95,16 @@ def _git_commit():
     return ""
 
 
+def _git_dirty():
+  """Tracked files with uncommitted changes (the package may be mid-edit by another engineer during a run)."""
+  try:
+    out = subprocess.run(["git", "status", "--short", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return []
+  return [line[3:] for line in out.splitlines() if line.strip()]
+
+
 def eval_supports_max_examples() -> bool:
   """Whether ``instructor_jax.evaluation.runner.evaluate`` takes ``max_examples`` (the lead's issue-24 part 1)."""
   from instructor_jax.evaluation import runner
@@ -228,7 +238,7 @@ def run_one(config, seed, args, data, report, model_dir):
   name = run_name(config, seed, variant)
   t0 = time.time()
   rec = dict(config=config, seed=seed, variant=variant, overrides=dict(overrides), model=os.path.basename(model_dir),
-             code_commit=_git_commit(), host=dict(nproc=os.cpu_count(), machine=platform.machine(),
+             code_commit=_git_commit(), code_uncommitted=_git_dirty(), host=dict(nproc=os.cpu_count(), machine=platform.machine(),
                                                   loadavg_start=os.getloadavg(), cpu=args.cpu),
              data=dict(train_records=report["train_records"], records=report["records"], eval=report["eval"]),
              eval_max_length=args.eval_max_length, max_examples=args.max_examples,
