@@ -28,6 +28,8 @@ def get_config():
   c.peak_flops_per_device = 0.0      # 0 = known-chip table (no MFU on CPU)
   c.debug_nan_step = -1              # tests only: poison this step's loss / gradients
   c.resume_allow_changes = ""        # resuming refuses run-altering config changes unless named here (KEY,KEY)
+  c.compilation_cache_dir = ""       # persistent XLA compilation cache: "" = ~/.cache/instructor_jax/jax (or
+                                     # $INSTRUCTOR_JAX_COMPILATION_CACHE), "none" = off, or a folder / gs:// path
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "t5"            # random init: "t5" (model.t5) or "bert" (model.bert); init_* read theirs
@@ -78,6 +80,8 @@ def get_config():
   c.data.pack_length = 0             # 0 = max(max_query_length, max_doc_length)
   c.data.pack_max_segments = 0       # sequences per row at most; 0 = pack_length // 8
   c.data.pack_buckets_per_octave = 8  # rows per step rounded up to a ladder of this many sizes per doubling
+  c.data.pack_lengths = "auto"      # row lengths a step may pick (the cheapest that holds it): "auto" = 64, 128,
+                                     # ... up to pack_length; "off" = pack_length only; or "64,256" (+ pack_length)
   c.data.sampling = "proportional"
   c.data.temperature = 1.0           # sampling="temperature": task-size temperature
   c.data.small_tasks = "drop"        # tasks smaller than the global batch are dropped (counted)

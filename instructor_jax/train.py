@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from instructor_jax.core import cli, log
 from instructor_jax.storage import checkpoints, paths
 from instructor_jax.storage import workdir as workdir_lib
+from instructor_jax.training import compile_cache
 from instructor_jax.training import run_config
 from instructor_jax.training.finish import finish
 from instructor_jax.training.trainer import setup_distributed, train
@@ -125,6 +126,9 @@ def run(config) -> None:
                                f" --xla_force_host_platform_device_count={n}").strip()
     jax.config.update("jax_platforms", "cpu")
   setup_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  folder = compile_cache.enable(config.compilation_cache_dir)  # before the first compile
+  if jax.process_index() == 0:
+    log.info(f"compilation cache: {folder or 'off'}")
   if FLAGS.compile_only:
     train(config, FLAGS.workdir, compile_only=True)
     return

@@ -1,10 +1,12 @@
-"""Sequence packing for the training step: the ``B * (2 + N)`` sequences of a step share rows of ``pack_length``.
+"""Sequence packing for the training step: the ``B * (2 + N)`` sequences of a step share rows of one length.
 
 ``Packer.layout`` lays them out best-fit-decreasing (``best_fit_decreasing``, also the encoder's packer), whole and
-contiguous, at most ``max_segments`` per row, the row count rounded up to a fixed ladder (``row_ladder``) so a run
-compiles a handful of step shapes. The first thing to know: the layout is a pure function of the lengths, so every
-host computes the same one and ``Packer.build`` fills only its own rows (``tokens``, ``segment_ids``, ``pool_ids``,
-``slot_seq``). Host-side numpy, no JAX; WORKSPACE.md ("Packing") has the derivation of the ladder and the masks.
+contiguous, at most ``max_segments`` per row. Each step picks its row length from a short ladder (``lengths``, e.g.
+64 / 128 / 256 / 512: attention costs L^2 per row, so a step of short texts gets short rows) and its row count from
+a fixed ladder per length (``row_ladder``), whichever (rows, length) computes least (``cost``), so a run compiles a
+bounded set of step shapes. The first thing to know: the layout is a pure function of the lengths, so every host
+computes the same one and ``Packer.build`` fills only its own rows (``tokens``, ``segment_ids``, ``pool_ids``,
+``slot_seq``). Host-side numpy, no JAX; WORKSPACE.md ("Packing") has the derivation of the ladders and the masks.
 """
 from __future__ import annotations
 
@@ -92,13 +94,45 @@ def chunks_of(rows: int, max_chunk_rows: int) -> int:
   return -(-rows // max_chunk_rows) if max_chunk_rows else 1
 
 
+def length_ladder(pack_length: int, spec: str = "auto", shortest: int = 64) -> tuple:
+  """The row lengths a step may use, ascending, ending at ``pack_length``.
+
+  ``spec``: ``"auto"`` = the powers of two from ``shortest`` below ``pack_length``, then ``pack_length`` (512 ->
+  64, 128, 256, 512); ``"off"`` = ``pack_length`` only; or comma-separated lengths (``pack_length`` is added).
+  """
+  spec = str(spec).strip().lower()
+  if spec == "off":
+    return (int(pack_length),)
+  if spec == "auto":
+    out, n = [], int(shortest)
+    while n < pack_length:
+      out.append(n)
+      n *= 2
+  else:
+    try:
+      out = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+      raise PackingError(f"pack lengths {spec!r}: expected 'auto', 'off' or comma-separated integers") from None
+    if any(n < 2 or n > pack_length for n in out):
+      raise PackingError(f"pack lengths {spec!r}: every length must be in [2, pack_length={pack_length}]")
+  return tuple(sorted(set(out) | {int(pack_length)}))
+
+
+def cost(rows: int, length: int, attention_tokens: float) -> float:
+  """Relative compute of a step of ``rows`` rows of ``length`` tokens: ``rows * L * (1 + L / attention_tokens)``
+  (per-token matmuls plus attention's ``L^2`` per row; ``attention_tokens`` is the row length at which both are
+  equal; 0 = count tokens only)."""
+  return rows * length * (1.0 + (length / attention_tokens if attention_tokens else 0.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Where every sequence of a step goes: ``rows[r]`` lists the sequence indices of row r in order; ``num_rows``
-  is the ladder size (rows past ``len(rows)`` are padding)."""
+  is the ladder size (rows past ``len(rows)`` are padding); ``length`` the step's row length."""
   rows: tuple
   num_rows: int
   lengths: np.ndarray
+  length: int = 0
 
   @property
   def real_tokens(self) -> int:
@@ -106,62 +140,89 @@ class Layout:
 
 
 class Packer:
-  """Packs the ``num_seqs`` sequences of one step into a ladder size of ``pack_length``-token rows.
+  """Packs the ``num_seqs`` sequences of one step into a ladder size of rows of a ladder length.
 
-  ``row_multiple``: rows divide evenly over this many (batch shards x processes); ``max_chunk_rows``: gradient-cache
-  chunk bound (0 = off); ``num_processes`` / ``process_index``: which rows this host builds.
+  ``pack_length``: the longest row (every sequence fits it); ``lengths``: the row lengths a step may use
+  (``length_ladder``; default ``pack_length`` only); ``row_multiple``: rows divide evenly over this many (batch
+  shards x processes); ``buckets_per_octave``: row sizes per doubling at ``pack_length``, halved with each halving
+  of the length (shorter rows are cheap: a coarser ladder there bounds the compiled variants);
+  ``attention_tokens``: ``cost``'s weight of attention; ``max_chunk_rows``: gradient-cache chunk bound (0 = off);
+  ``num_processes`` / ``process_index``: which rows this host builds.
   """
 
   def __init__(self, pack_length: int, num_seqs: int, row_multiple: int = 1, max_segments: int = 0,
                buckets_per_octave: int = 8, max_chunk_rows: int = 0, process_index: int = 0,
-               num_processes: int = 1):
+               num_processes: int = 1, lengths: Sequence[int] = (), attention_tokens: float = 0.0):
     if pack_length < 2:
       raise ValueError(f"pack_length must be >= 2, got {pack_length}")
     if row_multiple % num_processes:
       raise ValueError(f"row_multiple {row_multiple} is not a multiple of the {num_processes} processes")
     self.pack_length = int(pack_length)
+    self.lengths = tuple(sorted({int(n) for n in lengths} | {self.pack_length}))
+    if self.lengths[0] < 2 or self.lengths[-1] != self.pack_length:
+      raise ValueError(f"row lengths {self.lengths} must lie in [2, pack_length={self.pack_length}]")
     self.max_segments = int(max_segments) or max(1, self.pack_length // 8)
     self.num_seqs = int(num_seqs)
     self.row_multiple = int(row_multiple)
     self.max_chunk_rows = int(max_chunk_rows)
+    self.attention_tokens = float(attention_tokens)
     self.process_index, self.num_processes = int(process_index), int(num_processes)
-    # Worst case: every sequence alone in its row.
-    self.ladder = row_ladder(self.row_multiple, self.num_seqs, int(buckets_per_octave), self.max_chunk_rows)
+    # Worst case: every sequence alone in its row. One row ladder per length, coarser for shorter rows.
+    self.ladders = {}
+    for n in self.lengths:
+      per_octave = max(1, int(buckets_per_octave) * n // self.pack_length)
+      self.ladders[n] = row_ladder(self.row_multiple, self.num_seqs, per_octave, self.max_chunk_rows)
+    self.ladder = self.ladders[self.pack_length]
+
+  @property
+  def shapes(self) -> list:
+    """Every ``(rows, length)`` a step may have (the bound on compiled variants)."""
+    return [(r, n) for n in self.lengths for r in self.ladders[n]]
 
   def describe(self) -> str:
-    return (f"packing: {self.num_seqs} sequences per step into rows of {self.pack_length} tokens (at most "
-            f"{self.max_segments} per row); rows per step from {len(self.ladder)} sizes {list(self.ladder)}")
+    per = "; ".join(f"{n}: {list(self.ladders[n])}" for n in self.lengths)
+    return (f"packing: {self.num_seqs} sequences per step into rows of {'/'.join(map(str, self.lengths))} tokens "
+            f"(at most {self.max_segments} per row); {len(self.shapes)} step shapes, rows per length {per}")
 
-  def rows_for(self, needed: int) -> int:
-    at = bisect.bisect_left(self.ladder, needed)
-    if at == len(self.ladder):
-      raise PackingError(f"{needed} rows needed, more than the largest size {self.ladder[-1]}")
-    return self.ladder[at]
+  def rows_for(self, needed: int, length: int | None = None) -> int:
+    ladder = self.ladders[self.pack_length if length is None else length]
+    at = bisect.bisect_left(ladder, needed)
+    if at == len(ladder):
+      raise PackingError(f"{needed} rows needed, more than the largest size {ladder[-1]}")
+    return ladder[at]
 
   def layout(self, lengths: Sequence[int], where: str = "") -> Layout:
-    """The layout of one step's sequences (``lengths [num_seqs]``, each in ``[1, pack_length]``)."""
+    """The layout of one step's sequences (``lengths [num_seqs]``, each in ``[1, pack_length]``): of the ladder
+    lengths that hold the longest sequence, the one whose (rows, length) ``cost`` is least (ties: the shorter)."""
     lengths = np.asarray(lengths, np.int64).reshape(-1)
     if lengths.size != self.num_seqs:
       raise PackingError(f"{where}expected {self.num_seqs} sequences, got {lengths.size}")
+    longest = int(lengths.max()) if lengths.size else 1
+    best = None
     try:
-      rows = best_fit_decreasing(lengths, self.pack_length, self.max_segments)
-      num_rows = self.rows_for(len(rows))
+      for n in [n for n in self.lengths if n >= longest] or [self.pack_length]:
+        rows = best_fit_decreasing(lengths, n, self.max_segments)
+        num_rows = self.rows_for(len(rows), n)
+        c = cost(num_rows, n, self.attention_tokens)
+        if best is None or c < best[0]:
+          best = (c, rows, num_rows, n)
     except PackingError as e:
       raise PackingError(f"{where}{e}") from None
+    _, rows, num_rows, n = best
     placed = sum(len(r) for r in rows)
     if placed != self.num_seqs:  # cannot happen; never train on a step that lost a sequence
       raise PackingError(f"{where}placed {placed} of {self.num_seqs} sequences")
-    return Layout(tuple(tuple(r) for r in rows), num_rows, lengths)
+    return Layout(tuple(tuple(r) for r in rows), num_rows, lengths, n)
 
   def host_rows(self, num_rows: int) -> range:
     per = num_rows // self.num_processes
     return range(self.process_index * per, (self.process_index + 1) * per)
 
   def build(self, layout: Layout, fetch: Callable[[Sequence[int]], Sequence[tuple[np.ndarray, int]]]) -> dict:
-    """This host's rows of ``layout``: ``tokens``, ``segment_ids``, ``pool_ids`` ``[R / P, pack_length]`` and
+    """This host's rows of ``layout``: ``tokens``, ``segment_ids``, ``pool_ids`` ``[R / P, layout.length]`` and
     ``slot_seq [R / P, max_segments]`` (int32). ``fetch(seq_indices)`` returns ``(ids, instr_len)`` per sequence."""
     mine = self.host_rows(layout.num_rows)
-    n_rows, length, smax = len(mine), self.pack_length, self.max_segments
+    n_rows, length, smax = len(mine), layout.length or self.pack_length, self.max_segments
     tokens = np.zeros((n_rows, length), np.int32)
     segment_ids = np.zeros((n_rows, length), np.int32)
     pool_ids = np.zeros((n_rows, length), np.int32)

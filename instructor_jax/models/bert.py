@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instructor_jax.models.t5 import run_layers
+from instructor_jax.models.t5 import Dropout, run_layers
 
 Dtype = Any
 
@@ -194,7 +194,7 @@ class SelfAttention(nn.Module):
     q, k, v = (nn.with_logical_constraint(qkv(name=n)(x), ("batch", "length", "heads", "kv")) for n in "qkv")
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * (dk ** -0.5)
     weights = jax.nn.softmax(scores + mask_bias, axis=-1).astype(cfg.dtype)
-    weights = nn.Dropout(cfg.attention_probs_dropout_prob)(weights, deterministic=deterministic)
+    weights = Dropout(cfg.attention_probs_dropout_prob)(weights, deterministic=deterministic)
     out = nn.with_logical_constraint(jnp.einsum("bhqk,bkhd->bqhd", weights, v), ("batch", "length", "heads", "kv"))
     return lin((h, dk, d), ("heads", "kv", "embed"), 1, "blhk,hkd->bld", name="o")(out)
 
@@ -208,7 +208,7 @@ class Block(nn.Module):
     cfg = self.config
     lin = functools.partial(Linear, std=cfg.initializer_range, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     norm = functools.partial(LayerNorm, cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype)
-    drop = nn.Dropout(cfg.hidden_dropout_prob)
+    drop = Dropout(cfg.hidden_dropout_prob)
     y = SelfAttention(cfg, name="attention")(x, mask_bias, deterministic)
     x = norm(name="attention_norm")(x + drop(y, deterministic=deterministic))
     y = lin((cfg.d_model, cfg.d_ff), ("embed", "mlp"), 1, "bld,df->blf", name="wi")(x)
@@ -262,7 +262,7 @@ class BertEncoder(nn.Module):
     x = (word + token_type) + emb("position_embeddings", cfg.max_position_embeddings, "positions")(positions)
     x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name="embeddings_norm")(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
     keep = mask[:, None, None, :].astype(bool)
     if segment_ids is not None:

@@ -17,7 +17,7 @@ from instructor_jax.storage import paths
 from instructor_jax.core import errors
 
 OPERATIONAL = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints", "mesh_shape",
-               "compile_devices", "logical_axis_rules", "grad_cache_chunk", "grad_cache_fsdp",
+               "compilation_cache_dir", "compile_devices", "logical_axis_rules", "grad_cache_chunk", "grad_cache_fsdp",
                "peak_flops_per_device", "debug_nan_step", "resume_allow_changes", "model.remat", "model.attention",
                "model.init_from", "model.init_checkpoint", "eval", "export", "data.medi_path", "data.tfds_data_dir",
                "data.strict", "data.skip_invalid", "data.max_invalid_fraction", "data.source", "data.prepared",

@@ -79,19 +79,37 @@ def make_packer(config, mesh, model_cfg) -> packing.Packer | None:
   if chunk and chunk % multiple:
     raise ValueError(f"config.grad_cache_chunk x (2 + num_negatives) = {chunk} rows per chunk must be a multiple of "
                      f"{multiple} (the {shards} batch shards and {procs} processes)")
+  try:
+    lengths = packing.length_ladder(length, dc.pack_lengths)
+  except packing.PackingError as e:
+    raise ValueError(f"config.data.pack_lengths: {e}") from None
   return packing.Packer(length, config.global_batch_size * width, row_multiple=multiple,
                         max_segments=int(dc.pack_max_segments),
                         buckets_per_octave=int(dc.pack_buckets_per_octave), max_chunk_rows=chunk,
-                        process_index=jax.process_index(), num_processes=procs)
+                        process_index=jax.process_index(), num_processes=procs, lengths=lengths,
+                        attention_tokens=attention_tokens(model_cfg))
 
 
-def batch_shapes(config, packer: packing.Packer | None = None, rows: int | None = None) -> dict:
-  """Global batch shapes (int32): padded from the config, or packed with ``rows`` rows (default: the largest
-  ladder size)."""
+# One attended (query, key) pair costs, per head, 4 * d_kv matmul FLOPs plus about this many FLOP-equivalents of
+# elementwise work (mask, softmax, dropout, forward and backward), which runs far below matmul speed on CPU.
+ATTENTION_ELEMENTWISE_FLOPS = 256
+
+
+def attention_tokens(cfg) -> float:
+  """The row length at which a token's attention costs as much as its matmuls (``packing.cost``'s weight)."""
+  h_dk = cfg.num_heads * cfg.d_kv
+  per_token = 2 * (4 * cfg.d_model * h_dk + (3 if cfg.gated else 2) * cfg.d_model * cfg.d_ff)
+  return per_token / (4 * h_dk + ATTENTION_ELEMENTWISE_FLOPS * cfg.num_heads)
+
+
+def batch_shapes(config, packer: packing.Packer | None = None, rows: int | None = None,
+                 length: int | None = None) -> dict:
+  """Global batch shapes (int32): padded from the config, or packed with ``rows`` rows of ``length`` tokens
+  (default: the largest ladder size of the longest rows, the most memory any step can need)."""
   if packer is not None:
-    r = packer.ladder[-1] if rows is None else rows
-    return dict(tokens=(r, packer.pack_length), segment_ids=(r, packer.pack_length),
-                pool_ids=(r, packer.pack_length), slot_seq=(r, packer.max_segments))
+    n = packer.pack_length if length is None else length
+    r = packer.ladders[n][-1] if rows is None else rows
+    return dict(tokens=(r, n), segment_ids=(r, n), pool_ids=(r, n), slot_seq=(r, packer.max_segments))
   b, lq, ld, n = (config.global_batch_size, config.data.max_query_length, config.data.max_doc_length,
                   config.data.num_negatives)
   return dict(query_tokens=(b, lq), query_instr_len=(b,), pos_tokens=(b, ld), pos_instr_len=(b,),
@@ -211,6 +229,7 @@ def compile_report(s: Setup, config, workdir: str) -> dict:
                 batch_shapes={k: list(v) for k, v in shapes.items()})
   if s.packer is not None:
     report.update(pack_length=s.packer.pack_length, pack_rows=list(s.packer.ladder),
+                  pack_lengths=list(s.packer.lengths), pack_shapes=len(s.packer.shapes),
                   compiled_rows=shapes["tokens"][0])
   if mem is not None:
     for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
