@@ -94,9 +94,17 @@ def get_config():
   # folder whose model card carries the scores (training/finish.py).
   c.eval = ml_collections.ConfigDict()
   c.eval.data_dir = ""               # "" = no evaluation; else local task folder(s) (python -m instructor_jax.eval)
+  c.eval.tasks = ""                  # names, types or folders of data_dir's tasks to evaluate ("" = all; a,b)
   c.eval.no_instructions = False
+  # During training (training/periodic_eval.py): every N steps the current parameters are scored in-process on
+  # data_dir's tasks; scores in metrics.jsonl / tensorboard as eval/<task>/<main_score>, results in WORKDIR/eval/<step>.
+  c.eval.every_steps = 0             # 0 = off
+  c.eval.max_examples = 0            # during training: at most N examples per task (a fixed random subset; 0 = all)
+  c.eval.keep_best = ""              # e.g. "eval/average" or "eval/STSBenchmark/cosine_spearman": the best step's
+                                     # parameters are kept in WORKDIR/best (a verified params-only checkpoint)
   c.export = ml_collections.ConfigDict()
   c.export.enabled = False
   c.export.out_dir = ""              # "" = WORKDIR/export
   c.export.legacy_instructor = False
+  c.export.from_best = False         # export (and finally evaluate) WORKDIR/best (eval.keep_best) instead of the last step
   return c

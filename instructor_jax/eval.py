@@ -35,6 +35,8 @@ def _main(args) -> int:
   p.add_argument("--truncate-dim", action="append", default=[], metavar="K[,K...]",
                  help="Matryoshka: evaluate the first K dimensions, re-normalised; repeat or give a comma list for "
                       "one result set per K (model name org/name-dK)")
+  p.add_argument("--max-examples", type=int, default=0, metavar="N",
+                 help="with --data-dir: at most N examples per task, a fixed random subset (0 = all; quick checks)")
   p.add_argument("--list-tasks", action="store_true", help="print the tasks with type and instructions and exit")
   p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
   p.add_argument("--help-formats", action="store_true", help="print the local data layouts and exit")
@@ -63,7 +65,7 @@ def _main(args) -> int:
                            max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype,
                            backend=args.backend, instructions=args.instructions,
                            no_instructions=args.no_instructions, model_name=args.model_name,
-                           cache_dir=args.cache_dir, truncate_dims=dims)
+                           cache_dir=args.cache_dir, truncate_dims=dims, max_examples=args.max_examples)
   return 1 if result["failed"] else 0
 
 

@@ -211,7 +211,8 @@ class InstructorEncoder(AbsEncoder):
     ``truncate_dim``: Matryoshka truncation (``truncated``)."""
     embedder, info, d_model, cleanup = model_lib.load_embedder(model, backend, max_length, dtype, name=name)
     table, table_name = (None, "") if no_instructions else load_instruction_table(instructions, d_model)
-    loader_kwargs = dict(model=os.path.abspath(model) if os.path.exists(model) else model, backend=backend,
+    where = str(model) if not isinstance(model, str) else os.path.abspath(model) if os.path.exists(model) else model
+    loader_kwargs = dict(model=where, backend=backend,
                          max_length=max_length, dtype=dtype, instructions=instructions,
                          no_instructions=no_instructions)
     meta = model_meta(info, table is not None, loader_kwargs)

@@ -13,6 +13,8 @@ import json
 import os
 from typing import Callable, Sequence
 
+import numpy as np
+
 from instructor_jax.evaluation import readers, tasks
 from instructor_jax.evaluation.readers import DataError
 
@@ -82,11 +84,58 @@ class LocalTask:
   make: Callable[[], object]         # -> the mteb task object, without data
   instructions: dict | None = None   # task.json's own: {"text"} or {"query", "document"}
 
-  def build(self):
+  def build(self, max_examples: int = 0):
+    """The mteb task with its data; ``max_examples`` > 0 keeps a fixed random subset (``subsample``), and the
+    result's dataset revision says so (``-max<N>``)."""
     task, data = self.make(), self.read()
+    if max_examples:
+      data = subsample(self.type, data, int(max_examples))
     score_range = (task.min_score, task.max_score) if self.type == "STS" and hasattr(task, "min_score") else None
-    readers.check(self.type, data, ", ".join(self.files) or self.folder, score_range)
-    return tasks.inject(task, self.split, data, self.files, self.folder)
+    where = ", ".join(self.files) or self.folder
+    readers.check(self.type, data, where + (f" (subsample of {max_examples})" if max_examples else ""), score_range)
+    task = tasks.inject(task, self.split, data, self.files, self.folder)
+    if max_examples:
+      dataset = dict(task.metadata.dataset, revision=f"{task.metadata.dataset['revision']}-max{int(max_examples)}")
+      task.metadata = task.metadata.model_copy(update={"dataset": dataset})
+    return task
+
+
+def _keep(n_rows: int, n: int, seed: int) -> list[int]:
+  """``n`` of ``range(n_rows)`` drawn with ``seed``, in their original order (all of them when ``n >= n_rows``)."""
+  if n >= n_rows:
+    return list(range(n_rows))
+  return sorted(np.random.RandomState(seed).choice(n_rows, n, replace=False).tolist())
+
+
+def _rows(columns: dict, keep: Sequence[int]) -> dict:
+  return {k: [v[i] for i in keep] for k, v in columns.items()}
+
+
+def subsample(task_type: str, data: dict, n: int, seed: int = 0) -> dict:
+  """At most ``n`` examples of a task's reader columns, a fixed random subset (``seed``), to bound the cost of
+  evaluation during training (``config.eval.max_examples``).
+
+  An example is a pair (STS, PairClassification), a text (Clustering; Classification: ``n`` of each split), a
+  reranking sample, or a retrieval query: ``n`` queries with their judgements, and a corpus of their relevant
+  documents filled up to ``n`` documents with others."""
+  if n < 1:
+    raise ValueError(f"max_examples must be >= 1, got {n}")
+  if task_type == "Classification":
+    return {split: _rows(part, _keep(len(part["label"]), n, seed)) for split, part in data.items()}
+  if task_type == "Reranking" and "samples" in data:
+    samples = data["samples"]
+    return dict(data, samples=[samples[i] for i in _keep(len(samples), n, seed)])
+  if task_type in ("Retrieval", "Reranking"):
+    qids = [q for q in data["queries"] if any(v > 0 for v in data["qrels"].get(q, {}).values())]
+    qids = [qids[i] for i in _keep(len(qids), n, seed)]
+    relevant = list(dict.fromkeys(d for q in qids for d in data["qrels"][q] if d in data["corpus"]))
+    others = [d for d in data["corpus"] if d not in set(relevant)]
+    docs = set(relevant) | {others[i] for i in _keep(len(others), max(0, n - len(relevant)), seed)}
+    return dict(data, queries={q: data["queries"][q] for q in qids},
+                qrels={q: {d: v for d, v in data["qrels"][q].items() if d in docs} for q in qids},
+                corpus={d: v for d, v in data["corpus"].items() if d in docs})
+  key = "score" if task_type == "STS" else "label"
+  return _rows(data, _keep(len(data[key]), n, seed))
 
 
 def _mteb(name: str) -> Callable[[], object]:

@@ -38,6 +38,19 @@ class ModelInfo:
   max_length: int
 
 
+@dataclasses.dataclass
+class InMemory:
+  """A model already in memory, evaluated as it is (no checkpoint round trip): the trainer's current parameters
+  (``training/periodic_eval.py``). ``embedder`` is an ``Instructor``; ``name`` / ``revision`` are its identity in
+  MTEB's result layout (e.g. ``local/<workdir>`` and ``step-400``)."""
+  embedder: object
+  name: str
+  revision: str
+
+  def __str__(self) -> str:
+    return f"{self.name}@{self.revision}"
+
+
 class TorchInstructor:
   """``transformers.T5EncoderModel`` / ``BertModel`` + the INSTRUCTOR pooling rule on an exported / HF folder
   (``--backend torch``)."""
@@ -125,6 +138,13 @@ def load_embedder(model: str, backend: str = "jax", max_length: int = 512, dtype
   from instructor_jax.models.embedder import Instructor
   if backend not in ("jax", "torch"):
     raise ValueError(f"--backend {backend!r}: expected jax or torch")
+  if isinstance(model, InMemory):
+    if backend != "jax":
+      raise ValueError("an in-memory model is evaluated with the jax backend only")
+    inst = model.embedder
+    info = ModelInfo(model.name, model.revision, inst.model.config.d_model, inst.dim, _n_params(inst.params), "JAX",
+                     inst.max_length)
+    return inst, info, inst.model.config.d_model, lambda: None
   cdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   framework = "JAX" if backend == "jax" else "PyTorch"
   if is_orbax(model):

@@ -106,23 +106,26 @@ def _local_tasks(args, specs):
   return local_tasks(args.data_dir, args.split, specs)
 
 
-def local_tasks(data_dir: str, split: str = "test", specs: Sequence[str] = ()) -> list:
-  """``[(local task, mteb task)]`` of the task folder(s) in ``data_dir`` (``specs`` filters them); every file is
-  read here, before the model is loaded."""
+def local_tasks(data_dir: str, split: str = "test", specs: Sequence[str] = (), max_examples: int = 0) -> list:
+  """``[(local task, mteb task)]`` of the task folder(s) in ``data_dir`` (``specs`` filters them; ``max_examples``:
+  a fixed random subset of each, ``local.subsample``); every file is read here, before the model is loaded."""
   found = local.discover(data_dir, split, note=lambda m: log.info(f"note: {m}"))
   found = local.select(found, list(specs)) if specs else found
-  return [(t, t.build()) for t in found]
+  return [(t, t.build(max_examples)) for t in found]
 
 
 def evaluate(model: str, *, data_dir: str | None = None, output: str, tasks: Sequence[str] = (), split: str = "test",
              max_length: int = 512, batch_size: int = 32, dtype: str = "float32", backend: str = "jax",
              instructions: str | None = None, no_instructions: bool = False, model_name: str | None = None,
-             cache_dir: str | None = None, truncate_dims: Sequence[int] = (), say=print) -> dict:
+             cache_dir: str | None = None, truncate_dims: Sequence[int] = (), max_examples: int = 0,
+             say=print) -> dict:
   """Evaluates ``model`` (an orbax workdir[/STEP], an exported / HF folder or a hub id) on the local task folders
   of ``data_dir`` (``tasks`` filters them) or on the MTEB ``tasks``; writes MTEB's results and the summary to
   ``output``. Returns ``{"rows", "failed": [(task, error)], "summary": markdown or None, "output"}``.
   ``cache_dir``: None = ``OUTPUT/.embedding_cache``, ``"none"`` = no cache. ``truncate_dims``: Matryoshka
-  dimensions, one result set each (``InstructorEncoder.truncated``); rows then carry ``dim``.
+  dimensions, one result set each (``InstructorEncoder.truncated``); rows then carry ``dim``. ``max_examples``: at
+  most that many examples per local task, a fixed random subset (``local.subsample``; 0 = all). ``model`` may also
+  be a ``model.InMemory`` (an ``Instructor`` already loaded, e.g. the trainer's current parameters).
 
   ``local.discover`` reads the local tasks into mteb's own task objects (or our stand-ins for sets that are not
   MTEB data, ``evaluation/tasks.py``); ``encoder.InstructorEncoder`` is the model (``backend="jax"`` embeds with
@@ -146,17 +149,23 @@ def evaluate(model: str, *, data_dir: str | None = None, output: str, tasks: Seq
       out = evaluate(model, data_dir=data_dir, output=tmp, tasks=tasks, split=split, max_length=max_length,
                      batch_size=batch_size, dtype=dtype, backend=backend, instructions=instructions,
                      no_instructions=no_instructions, model_name=model_name,
-                     cache_dir=cache_dir if cache_dir else "none", truncate_dims=truncate_dims, say=say)
+                     cache_dir=cache_dir if cache_dir else "none", truncate_dims=truncate_dims,
+                     max_examples=max_examples, say=say)
       paths.upload(tmp, output, last=("summary.json",))
     return dict(out, output=output)
   specs = [t.strip() for t in tasks if t.strip()]
   dims = list(dict.fromkeys(int(k) for k in truncate_dims or ()))
   if any(k < 1 for k in dims):
     raise errors.ConfigError(f"--truncate-dim {','.join(map(str, dims))}: every dimension must be >= 1")
+  if int(max_examples) < 0:
+    raise errors.ConfigError(f"--max-examples {max_examples}: must be >= 0 (0 = every example)")
   if not data_dir and not specs:
     raise errors.ConfigError("evaluate needs data_dir (offline task folders) or tasks (MTEB)")
   try:
-    selected = local_tasks(data_dir, split, specs) if data_dir else [(None, t) for t in select_mteb_tasks(specs)]
+    if max_examples and not data_dir:
+      raise errors.ConfigError("max_examples subsamples local task folders (data_dir); MTEB tasks are evaluated whole")
+    selected = (local_tasks(data_dir, split, specs, max_examples) if data_dir
+                else [(None, t) for t in select_mteb_tasks(specs)])
     task_instructions = {lt.name: lt.instructions for lt, _ in selected if lt and lt.instructions}
     cache_dir = None if (cache_dir or "").lower() == "none" else (
         cache_dir or os.path.join(output, ".embedding_cache"))
@@ -192,7 +201,7 @@ def evaluate(model: str, *, data_dir: str | None = None, output: str, tasks: Seq
               "max_length": max_length, "dtype": dtype}
       if dims:
         info["truncate_dims"] = ",".join(map(str, dims))
-      summary = write_summary(rows, output, model, info, failed)
+      summary = write_summary(rows, output, str(model), info, failed)
       say(summary)
     say(f"embedding cache: {encoder.cache.hits} hits, {encoder.cache.misses} misses")
     if failed:

@@ -62,9 +62,15 @@ def manager(workdir: str, max_to_keep: int | None = 3, async_save: bool = True, 
     remove_unfinished_steps(workdir)
   # On gs:// orbax takes every sub-folder without its commit marker for an unfinished step, and would delete
   # WORKDIR/tokenizer, tensorboard, eval and export: there we remove only unfinished *step* folders ourselves.
+  # A read-only manager is one process's (evaluation, export, ``finish`` on process 0 of a multi-host run): it must
+  # not wait in barriers for the other processes, which are not reading.
+  solo = {} if not read_only or jax.process_count() == 1 else dict(
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=jax.process_index(), active_processes={jax.process_index()},
+          barrier_sync_key_prefix=f"read-only-{jax.process_index()}"))
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not (read_only or remote),
-      enable_async_checkpointing=async_save, read_only=read_only)
+      enable_async_checkpointing=async_save, read_only=read_only, **solo)
   handlers = dict(params=ocp.StandardCheckpointHandler(), train=ocp.StandardCheckpointHandler(),
                   data=ocp.JsonCheckpointHandler(), meta=ocp.JsonCheckpointHandler())
   return ocp.CheckpointManager(_abs(workdir), item_handlers=handlers, options=options)
@@ -294,6 +300,24 @@ def latest_step(workdir: str) -> int | None:
     mgr.close()
 
 
+def newest_meta(workdir: str) -> dict | None:
+  """The meta item of ``workdir``'s newest step with a readable one (read only, no arrays); None if none."""
+  if not paths.isdir(workdir):
+    return None
+  mgr = manager(workdir, max_to_keep=None, async_save=False, read_only=True)
+  try:
+    for step in sorted(mgr.all_steps(), reverse=True):
+      try:
+        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      except Exception:  # noqa: BLE001 -- a damaged step: the next older one
+        continue
+      if meta is not None:
+        return dict(meta, step=int(step))
+    return None
+  finally:
+    mgr.close()
+
+
 def _split_path(path: str) -> tuple[str, int | None]:
   path = _abs(path).rstrip("/")
   base = paths.basename(path)
@@ -403,14 +427,15 @@ def backbone_meta(hf_config: dict) -> dict:
   return out
 
 
-def save_params(workdir: str, params: dict, meta: dict, step: int = 0) -> str:
+def save_params(workdir: str, params: dict, meta: dict, step: int = 0, max_to_keep: int | None = None) -> str:
   """Writes ``params`` (an ``InstructorModel`` tree) and ``meta`` as a params-only checkpoint of ``workdir``.
 
   ``meta`` needs the encoder's HF config (``model_config``, or ``t5_config`` as before), ``out_features``,
   ``normalize`` and ``tokenizer_dir`` (a folder with the tokenizer files, copied into ``WORKDIR/tokenizer``);
   ``pad_id`` (0) and ``max_seq_length`` are optional. ``backbone`` / ``model_config`` (and ``t5_config`` for T5)
   are written from that config. Returns the step folder. Training can start from it
-  (``--config.model.init_checkpoint=WORKDIR``) and ``restore_params`` reads it.
+  (``--config.model.init_checkpoint=WORKDIR``) and ``restore_params`` reads it. ``max_to_keep``: older steps of
+  ``workdir`` beyond that many are deleted once this one is complete (None: all kept).
   """
   for key in ("out_features", "normalize", "tokenizer_dir"):
     if key not in meta:
@@ -425,7 +450,7 @@ def save_params(workdir: str, params: dict, meta: dict, step: int = 0) -> str:
   m = json.loads(json.dumps(m, default=_json_default))
   tree = {"model": jax.tree.map(np.asarray, params)}
   m["checksums"] = host_checksums({"params": tree})
-  mgr = manager(workdir, max_to_keep=None, async_save=False)
+  mgr = manager(workdir, max_to_keep=max_to_keep, async_save=False)
   try:
     mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(m)),
              force=True)

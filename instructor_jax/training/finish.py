@@ -23,16 +23,25 @@ def finish(config: ml_collections.ConfigDict, workdir: str) -> None:
   if latest != int(config.num_train_steps):
     log.info(f"run stopped at step {latest} of {config.num_train_steps}: skipping evaluation and export")
     return
-  eval_out = evaluate(config, workdir) if config.eval.data_dir else None
+  source = workdir
+  if config.export.from_best:  # eval.keep_best's step (training/periodic_eval.py)
+    from instructor_jax.training import periodic_eval
+    source = periodic_eval.best_dir(workdir)
+    if checkpoints.latest_step(source) is None:
+      raise errors.CheckpointError(f"--config.export.from_best: {source} holds no checkpoint (no evaluation during "
+                                   f"training kept one; see config.eval.keep_best)")
+  eval_out = evaluate(config, workdir, source) if config.eval.data_dir else None
   if config.export.enabled:
-    export(config, workdir, eval_out)
+    export(config, source, eval_out, workdir)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Evaluates the final checkpoint on ``config.eval.data_dir``; returns the results folder."""
+def evaluate(config: ml_collections.ConfigDict, workdir: str, source: str | None = None) -> str:
+  """Evaluates the final checkpoint (or ``source``) on ``config.eval.data_dir``, every example of ``eval.tasks``;
+  returns the results folder, ``WORKDIR/eval``."""
   from instructor_jax.evaluation import runner
   out = paths.join(workdir, "eval")
-  result = runner.evaluate(workdir, data_dir=config.eval.data_dir, output=out,
+  tasks = [t for t in str(config.eval.tasks or "").split(",") if t.strip()]
+  result = runner.evaluate(source or workdir, data_dir=config.eval.data_dir, output=out, tasks=tasks,
                            max_length=int(config.data.max_doc_length), no_instructions=config.eval.no_instructions)
   if result["failed"]:
     raise errors.DataError(f"evaluation of {workdir} failed: "
@@ -40,11 +49,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
   return out
 
 
-def export(config: ml_collections.ConfigDict, workdir: str, eval_out: str | None) -> str:
-  """Exports the final checkpoint (verified) to ``config.export.out_dir`` (default ``WORKDIR/export``)."""
+def export(config: ml_collections.ConfigDict, source: str, eval_out: str | None, workdir: str | None = None) -> str:
+  """Exports ``source`` (the final checkpoint, or ``WORKDIR/best``; verified) to ``config.export.out_dir`` (default
+  ``WORKDIR/export``)."""
   from instructor_jax.export import to_hf
-  out = to_hf.export_model(config.export.out_dir or paths.join(workdir, "export"), checkpoint=workdir,
+  workdir = workdir or source
+  out = to_hf.export_model(config.export.out_dir or paths.join(workdir, "export"), checkpoint=source,
                            legacy=config.export.legacy_instructor, eval_results_path=eval_out, overwrite=True)
-  log.info(f"exported {workdir} to {out}: load it with sentence_transformers.SentenceTransformer({out!r}) or "
+  log.info(f"exported {source} to {out}: load it with sentence_transformers.SentenceTransformer({out!r}) or "
            f"instructor_jax.Instructor.from_pretrained({out!r})")
   return out

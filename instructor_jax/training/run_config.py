@@ -234,7 +234,26 @@ def validate(config) -> None:
                         "--config.data.tfds_data_dir)")
     elif not paths.exists(paths.check(path, "--config.data.medi_path")):
       raise ConfigError(f"--config.data.medi_path: no such file: {path}")
+  _check_eval(config)
   keys = set(flatten(config))
   for key in allowed_changes(config):
     if key != DATA_KEY and key not in keys and not any(k.startswith(key + ".") for k in keys):
       raise ConfigError(f"--config.resume_allow_changes: {key!r} is not a config key (nor {DATA_KEY!r})")
+
+
+def _check_eval(config) -> None:
+  """``eval.*`` and ``export.from_best``: evaluation during training needs a suite, keeping the best needs both."""
+  _number(config, "eval.every_steps", low=0, integer=True, optional=True)
+  _number(config, "eval.max_examples", low=0, integer=True, optional=True)
+  every, data_dir = int(_get(config, "eval.every_steps", 0) or 0), _get(config, "eval.data_dir", "")
+  if every and not data_dir:
+    raise ConfigError(f"--config.eval.every_steps={every}: needs --config.eval.data_dir (local task folder(s) to "
+                      f"evaluate during training)")
+  if data_dir and not paths.isdir(paths.check(data_dir, "--config.eval.data_dir")):
+    raise ConfigError(f"--config.eval.data_dir: no such folder: {data_dir}")
+  best = _get(config, "eval.keep_best", "") or ""
+  if best and not every:
+    raise ConfigError(f"--config.eval.keep_best={best!r}: needs --config.eval.every_steps > 0 (the scores it keeps "
+                      f"the best of)")
+  if _get(config, "export.from_best", False) and not best:
+    raise ConfigError("--config.export.from_best: needs --config.eval.keep_best=METRIC (e.g. eval/average)")

@@ -25,6 +25,7 @@ import numpy as np
 from instructor_jax.storage import checkpoints, files, paths
 from instructor_jax.data import stream as data
 from instructor_jax.training import metrics
+from instructor_jax.training import periodic_eval
 from instructor_jax.data import packing
 from instructor_jax.training import run_config
 from instructor_jax.training import sharding
@@ -347,6 +348,10 @@ def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream,
                               config.global_batch_size, peak, jax.device_count(),
                               config.global_batch_size * (2 + int(config.data.num_negatives)))
   compiler = StepCompiler(s.p_step, abstract, s.batch_shardings)
+  evaluator = None
+  if int(config.eval.every_steps):  # reads and checks the suite before the first step
+    evaluator = periodic_eval.PeriodicEval(config, workdir, s.spec, writer, log)
+    evaluator.meta = meta
 
   def save(step):
     ckpt.save(step, state["params"], dict(opt_state=state["opt_state"], rng=state["rng"], step=state["step"]),
@@ -398,6 +403,8 @@ def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream,
           progress.set_postfix(loss=f"{out['loss']:.4f}", acc=f"{out['accuracy']:.3f}")
 
   try:
+    if evaluator is not None and evaluator.due(start) and not evaluator.done(start):
+      evaluator(start, state["params"])  # a resume at a step whose evaluation was interrupted
     for step in range(start, total):
       t_wait = time.time()
       host_batch, executable, compiling = future.result()
@@ -415,6 +422,10 @@ def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream,
         check_and_log(done, force_log=done == total or stop)
       if is_ckpt:
         save(done)
+      if evaluator is not None and evaluator.due(done) and not stop:
+        t_eval = time.time()
+        evaluator(done, state["params"])  # reads the parameters before the next step donates them
+        t_last += time.time() - t_eval  # the next row's step times leave the evaluation out
       if stop:
         ckpt.wait()
         log(f"{guard.signal_name or 'SIGTERM'}: saved step {done} to {workdir}; exiting. To resume: "
