@@ -149,6 +149,7 @@ def main():
       pc.data.pack = False
       g_ref, l_ref = grads(pc, sharding.make_mesh((1, 1, 1), devs[:1]))
       pc.data.pack = True
+      pc.data.pack_length, pc.data.pack_lengths = 32, "16,24"  # the step picks its row length from 16 / 24 / 32
       for shape in ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 1, 4)):
         for chunk in (0, 8):  # 8 queries x (2 + 2) -> at most 32 rows per chunk (2 chunks of the larger steps)
           pc.grad_cache_chunk = chunk

@@ -105,6 +105,67 @@ def test_packer_rows_hold_every_sequence_with_its_pooling_positions():
     assert np.array_equal(np.concatenate([h[k] for h in halves]), out[k])
 
 
+def test_length_ladder_defaults_and_explicit_lists():
+  assert packing.length_ladder(512) == (64, 128, 256, 512)
+  assert packing.length_ladder(300) == (64, 128, 256, 300)
+  assert packing.length_ladder(64) == (64,) and packing.length_ladder(40) == (40,)
+  assert packing.length_ladder(512, "off") == (512,)
+  assert packing.length_ladder(512, "128, 64") == (64, 128, 512)
+  for bad in ("sixty", "0,64", "1024"):
+    with pytest.raises(packing.PackingError, match="pack lengths"):
+      packing.length_ladder(512, bad)
+
+
+def test_a_step_of_short_sequences_gets_short_rows_and_a_long_one_the_longest():
+  packer = packing.Packer(512, 96, row_multiple=2, lengths=(64, 128, 256), attention_tokens=768)
+  assert packer.lengths == (64, 128, 256, 512)
+  # shorter rows take a coarser ladder of row counts, which bounds the compiled variants
+  assert all(len(packer.ladders[a]) <= len(packer.ladders[b]) for a, b in zip(packer.lengths, packer.lengths[1:]))
+  assert len(packer.shapes) == sum(len(v) for v in packer.ladders.values()) < 4 * len(packer.ladder)
+  rng = np.random.default_rng(0)
+  short = rng.integers(5, 40, size=96)
+  assert packer.layout(np.full(96, 30)).length == 64  # two per 64-token row: the cheapest
+  lay = packer.layout(short)
+  assert lay.length < 512 and lay.num_rows in packer.ladders[lay.length]
+  assert all(sum(short[i] for i in r) <= lay.length for r in lay.rows)
+  # every candidate length was priced: the chosen one costs least
+  for n in packer.lengths:
+    rows = packing.best_fit_decreasing(short, n, packer.max_segments)
+    assert packing.cost(lay.num_rows, lay.length, 768) <= packing.cost(packer.rows_for(len(rows), n), n, 768)
+  long = short.copy()
+  long[7] = 300
+  assert packer.layout(long).length == 512
+  long[7] = 200
+  assert packer.layout(long).length == 256
+  # rows are built at the step's length, and the layout is a pure function of the lengths
+  batch = _padded_batch(b=8, n=2, lq=12, ld=20)
+  lengths, fetch = packing.padded_lengths(batch)
+  small = packing.Packer(64, 32, max_segments=8, lengths=(16, 32))
+  lay = small.layout(lengths)
+  again = small.layout(lengths.copy())
+  assert lay.length in (32, 16) and (lay.rows, lay.num_rows, lay.length) == (again.rows, again.num_rows, again.length)
+  out = small.build(lay, fetch)
+  assert out["tokens"].shape == (lay.num_rows, lay.length) and out["slot_seq"].shape == (lay.num_rows, 8)
+  assert int(np.sum(out["segment_ids"] > 0)) == int(lengths.sum())
+  # without a ladder (lengths = pack_length only) every step uses pack_length, as before
+  assert packing.Packer(64, 32, max_segments=8).layout(lengths).length == 64
+
+
+def test_make_packer_builds_the_ladder_from_the_config():
+  c = _tiny_config()
+  c.data.max_query_length = c.data.max_doc_length = 512
+  s_model = T5Config(d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2)
+  packer = train.make_packer(c, sharding.make_mesh((1, 1, 1)), s_model)
+  assert packer.lengths == (64, 128, 256, 512) and packer.attention_tokens > 0
+  assert train.batch_shapes(c, packer)["tokens"] == (packer.ladder[-1], 512)  # --compile_only: the largest
+  assert train.batch_shapes(c, packer, 8, 64)["slot_seq"] == (8, packer.max_segments)
+  c.data.pack_lengths = "off"
+  assert train.make_packer(c, sharding.make_mesh((1, 1, 1)), s_model).lengths == (512,)
+  c.data.pack_lengths = "64,abc"
+  with pytest.raises(ValueError, match="pack_lengths"):
+    train.make_packer(c, sharding.make_mesh((1, 1, 1)), s_model)
+
+
 def test_a_sequence_that_cannot_be_placed_fails_with_the_step_and_task():
   packer = packing.Packer(16, 4)
   with pytest.raises(packing.PackingError, match=r"step 7 \(task scifact\): sequence 2 has length 17"):
