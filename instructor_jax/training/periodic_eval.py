@@ -11,8 +11,8 @@ random numbers, so the training losses are bitwise those of a run without it. Pe
   exports it instead of the last step.
 
 Multi-host: every process gathers the parameters to host memory (a collective), process 0 alone encodes and scores
-(on its first local device) while the others wait in the next step's collectives; for ``keep_best`` the score is
-broadcast so every process takes part in the same save. Resume: an evaluation killed midway left no
+(on its first local device) while the others wait in the next step's collectives; for ``keep_best`` process 0's
+decision is broadcast so every process takes part in the same save. Resume: an evaluation killed midway left no
 ``eval/<step>`` folder, so resuming at that step evaluates it first.
 """
 from __future__ import annotations
@@ -116,13 +116,14 @@ class PeriodicEval:
     return out
 
   def _keep_best(self, step: int, model_params, scores: dict | None) -> None:
-    """Saves ``WORKDIR/best`` when ``keep_best`` improved (every process takes part: orbax saves collectively)."""
-    score = np.float64(scores[self.keep_best] if scores is not None else np.nan)
+    """Saves ``WORKDIR/best`` when ``keep_best`` improved: process 0 decides, every process takes part in the save
+    (orbax saves collectively; process 0 writes the meta with its score)."""
+    score = float(scores[self.keep_best]) if scores is not None else float("nan")  # process 0 decides
+    better = np.isfinite(score) and (self.best_score is None or score > self.best_score)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      score = multihost_utils.broadcast_one_to_all(score)
-    score = float(score)
-    if not np.isfinite(score) or (self.best_score is not None and score <= self.best_score):
+      better = bool(multihost_utils.broadcast_one_to_all(np.int32(better)))
+    if not better:
       return
     meta = dict(self.meta or self.spec.meta(), tokenizer_dir=self.spec.tokenizer_dir,
                 eval=dict(metric=self.keep_best, score=score, step=int(step)))
