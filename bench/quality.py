@@ -143,6 +143,14 @@ def prepare_data(shared, out, per_notion, max_test, max_derived):
   link = os.path.join(suite, "sick-r-heldout")
   if not os.path.lexists(link):
     os.symlink(os.path.join(data, "eval", "heldout_sick", "sick-r-heldout"), link)
+  # Evaluation during training reads each task's test split: the dev folders are offered under that name.
+  for notion in NOTION_TASKS:
+    dst = os.path.join(data, "eval", "curves", notion)
+    os.makedirs(dst, exist_ok=True)
+    for src, name in (("dev.csv", "test.csv"), ("train.csv", "train.csv"), ("task.json", "task.json")):
+      src = os.path.join(data, "eval", "dev", notion, src)
+      if os.path.exists(src) and not os.path.lexists(os.path.join(dst, name)):
+        os.symlink(src, os.path.join(dst, name))
   with open(os.path.join(data, "report.json")) as f:
     return data, json.load(f)
 
@@ -253,9 +261,10 @@ def run_one(config, seed, args, data, report, model_dir):
     curves = args.curves if seed == args.curve_seed else 0
     model, rec["train_s"], cmd, workdir = train(name, medi, model_dir, args.out, seed, args.steps, overrides,
                                                 args.cpu, curves, args.max_examples,
-                                                os.path.join(data, "eval", "dev"))
+                                                os.path.join(data, "eval", "curves"))
     rec["train_command"] = " ".join(cmd)
-    rec["train_config"] = dict(steps=args.steps or _config_module().get_config().num_train_steps)
+    rec["train_config"] = dict(steps=int(dict(overrides).get("num_train_steps", args.steps or
+                                                              _config_module().get_config().num_train_steps)))
     rec["last_metrics"] = last_metrics(workdir)
     if curves:
       rec["curve_every_steps"] = curves
