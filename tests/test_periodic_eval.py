@@ -207,3 +207,21 @@ def test_two_processes_evaluate_on_process_zero_and_keep_the_best(plain, tmp_pat
   assert [r["step"] for r in evals] == [4, 8, 12]
   _, meta = checkpoints.restore_params(str(wd / "best"))
   assert meta["eval"]["score"] == max(r["eval/average"] for r in evals)
+
+
+@pytest.mark.slow
+def test_gcs_workdir_evaluates_and_keeps_the_best(gcs_dir):
+  from instructor_jax.storage import files, paths
+  wd = gcs_dir + "/evaluated"
+  _run(wd, "--config.eval.every_steps=4", "--config.eval.max_examples=20", "--config.eval.keep_best=eval/average",
+       "--config.export.from_best=True", "--config.export.enabled=True")
+  rows = [json.loads(l) for l in paths.read_text(paths.join(wd, "metrics.jsonl")).splitlines() if l.strip()]
+  evals = [r for r in rows if "eval/average" in r]
+  assert [r["step"] for r in evals] == [4, 8]
+  for step in (4, 8):  # uploaded whole: the commit marker is written last
+    folder = paths.join(wd, "eval", str(step))
+    assert files.is_complete(folder) and paths.exists(paths.join(folder, "summary.json"))
+  _, meta = checkpoints.restore_params(wd + "/best")
+  assert meta["eval"]["score"] == max(r["eval/average"] for r in evals)
+  assert files.is_complete(paths.join(wd, "export"))
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))  # never a local folder named after the URL

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from typing import Any, Mapping, Optional
 
 from instructor_jax.models import registry
+from instructor_jax.storage import paths
 
 ONE_TOKEN_NOTE = (
     "sentence-transformers excludes every prompt token from pooling, while the INSTRUCTOR rule (InstructorEmbedding "
@@ -38,10 +38,9 @@ def eval_results(path: Optional[str]) -> Optional[dict]:
   """Reads an eval output folder (``summary.json`` from ``instructor_jax.eval``) or a ``{task: score}`` JSON file."""
   if not path:
     return None
-  if os.path.isdir(path):
-    path = os.path.join(path, "summary.json")
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+  if paths.isdir(path):  # local or gs:// (training's WORKDIR/eval)
+    path = paths.join(path, "summary.json")
+  data = json.loads(paths.read_text(path))
   if isinstance(data, Mapping) and "tasks" in data:
     return {t.get("task_dim", t["task"]): {"type": t.get("type", ""), "metric": t.get("metric", ""),
                                            "score": t["score"]} for t in data["tasks"]}
