@@ -100,6 +100,7 @@ def get_config():
   # data_dir's tasks; scores in metrics.jsonl / tensorboard as eval/<task>/<main_score>, results in WORKDIR/eval/<step>.
   c.eval.every_steps = 0             # 0 = off
   c.eval.max_examples = 0            # during training: at most N examples per task (a fixed random subset; 0 = all)
+  c.eval.during_split = "test"       # the split scored during training ("dev" to choose settings / keep_best on it)
   c.eval.keep_best = ""              # e.g. "eval/average" or "eval/STSBenchmark/cosine_spearman": the best step's
                                      # parameters are kept in WORKDIR/best (a verified params-only checkpoint)
   c.export = ml_collections.ConfigDict()

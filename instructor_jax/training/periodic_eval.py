@@ -50,6 +50,7 @@ class PeriodicEval:
     self.data_dir = ec.data_dir
     self.tasks = [t.strip() for t in str(ec.tasks or "").split(",") if t.strip()]
     self.max_examples = int(ec.max_examples)
+    self.split = str(ec.during_split)
     self.no_instructions = bool(ec.no_instructions)
     self.keep_best = str(ec.keep_best or "")
     self.meta = None  # the checkpoint meta, for keep_best saves (set by the trainer)
@@ -57,7 +58,7 @@ class PeriodicEval:
     self.tokenizer = Tokenizer.from_pretrained(spec.tokenizer_dir, max_length=self.max_length)
     # Read (and check) the suite now: a bad task folder or metric fails before the first step, on every process.
     selected = runner.local_tasks(paths.local_copy(self.data_dir) if paths.scheme(self.data_dir) else self.data_dir,
-                                  "test", self.tasks, self.max_examples)
+                                  self.split, self.tasks, self.max_examples)
     names = [AVERAGE] + [f"eval/{t.metadata.name}/{t.metadata.main_score}" for _, t in selected]
     if self.keep_best and self.keep_best not in names:
       raise errors.ConfigError(f"--config.eval.keep_best={self.keep_best!r}: not a score of the evaluation suite; "
@@ -106,6 +107,7 @@ class PeriodicEval:
         f"eval step {step}: {m}")
     with files.atomic_folder(paths.join(self.workdir, "eval", str(step)), overwrite=True) as tmp:
       result = runner.evaluate(InMemory(embedder, name, f"step-{step}"), data_dir=self.data_dir, output=tmp,
+                               split=self.split,
                                tasks=self.tasks, max_length=self.max_length, no_instructions=self.no_instructions,
                                cache_dir="none", max_examples=self.max_examples, say=quiet)
     if result["failed"]:
