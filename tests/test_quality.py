@@ -91,3 +91,17 @@ def test_names_and_cli_checks(tmp_path, capsys):
   quality.main(["--report", str(tmp_path)])                      # an empty folder: a table with no rows
   assert "Records: 0" in capsys.readouterr().out
   assert os.path.basename(quality.DEFAULT_RESULTS) == "quality-2026-12-06"
+
+
+def test_curve_start_is_step_0_of_the_curves(results, tmp_path):
+  folder, _ = results
+  outs = []
+  for i, key in enumerate(("instr", "noinstr")):
+    out = tmp_path / key
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"tasks": [{"task": t, "score": 0.1 * (i + 1)}
+                                                            for t in quality.NOTION_TASKS]}))
+    outs.append(str(out))
+  start = quality.write_curve_start(outs, folder)
+  assert start["ft_noinstr"]["stereoset_label"] == pytest.approx(0.2)
+  assert "| 0 | 10.00 | 10.00 | 10.00 | 10.00 | 10.00 |" in quality.report(folder)
