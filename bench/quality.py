@@ -246,8 +246,8 @@ def run_one(config, seed, args, data, report, model_dir):
   name = run_name(config, seed, variant)
   t0 = time.time()
   rec = dict(config=config, seed=seed, variant=variant, overrides=dict(overrides), model=os.path.basename(model_dir),
-             code_commit=_git_commit(), code_uncommitted=_git_dirty(), host=dict(nproc=os.cpu_count(), machine=platform.machine(),
-                                                  loadavg_start=os.getloadavg(), cpu=args.cpu),
+             code_commit=_git_commit(), code_uncommitted=_git_dirty(),
+             host=dict(nproc=os.cpu_count(), machine=platform.machine(), loadavg_start=os.getloadavg(), cpu=args.cpu),
              data=dict(train_records=report["train_records"], records=report["records"], eval=report["eval"]),
              eval_max_length=args.eval_max_length, max_examples=args.max_examples,
              max_examples_applied=bool(args.max_examples and eval_supports_max_examples()),
