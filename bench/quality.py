@@ -389,6 +389,14 @@ def report(folder) -> str:
     gk = goal(s, k, "ft_noinstr") if k.startswith("ft_instr@") else {}
     if gk:
       lines.append(f"Ablation `{k}` - ft_noinstr: {100 * gk['gap']:+.2f} points = {gk['gap_in_std']:.1f} std.")
+  lines += ["", "Per run (the trade between notions shows seed by seed):", "",
+            "| run | " + " | ".join(NOTION_TASKS) + " | mean |", "|---|" + "---|" * (len(NOTION_TASKS) + 1)]
+  for r in sorted(records, key=lambda r: (order.index(r["config"] + ("@" + r["variant"] if r.get("variant") else "")),
+                                          r["seed"])):
+    vals = [r["notions"].get(t) for t in NOTION_TASKS]
+    lines.append(f"| `{run_name(r['config'], r['seed'], r.get('variant', ''))}` | "
+                 + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in vals)
+                 + f" | {100 * statistics.mean(vals):.2f} |" if None not in vals else "")
   lines += ["", "### Standard held-out tasks (reported separately; `ft_noinstr` without instructions)", "",
             "| configuration | " + " | ".join(HELDOUT_NAMES) + " | average |",
             "|---|" + "---|" * (len(HELDOUT_NAMES) + 1)]
