@@ -57,15 +57,39 @@ def thread_env(threads: int) -> dict:
   return env
 
 
-def run_measured(cmd, env) -> tuple:
-  """``(returncode, stdout, stderr, peak RSS in GB)`` of one child (``os.wait4``: this child's own peak)."""
+def cpu_seconds(pid: int) -> float:
+  """User + system CPU seconds of process ``pid`` so far (all its threads), from ``/proc/PID/stat``."""
+  with open(f"/proc/{pid}/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(cmd, env, lines_of: str = "") -> tuple:
+  """``(returncode, stdout, stderr, peak RSS in GB, cpu)`` of one child (``os.wait4``: this child's own peak).
+
+  With ``lines_of`` (a file the child appends a line to per step), ``cpu[i]`` is the child's CPU seconds when line
+  ``i + 1`` appeared (polled every 20 ms): per-step CPU time, which other users of a shared CPU barely change."""
+  cpu = []
   with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    while True:
+      pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+      if pid:
+        break
+      if lines_of and os.path.exists(lines_of):
+        with open(lines_of) as f:
+          n = sum(1 for line in f if line.endswith("\n"))
+        try:
+          now = cpu_seconds(proc.pid)
+        except (OSError, IndexError, ValueError):
+          now = None
+        while now is not None and len(cpu) < n:
+          cpu.append(now)
+      time.sleep(0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
     out.seek(0)
     err.seek(0)
-    return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 2 ** 20
+    return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 2 ** 20, cpu
 
 
 def minilm() -> str:
@@ -153,14 +177,16 @@ def run_st(batches: dict, threads: int) -> dict:
     stats.append(dict(real_tokens=real, computed_tokens=computed))
   loss = MultipleNegativesRankingLoss(model, scale=20.0, directions=("query_to_doc", "doc_to_query"),
                                       partition_mode="per_direction")
-  ends = []
+  ends, cpu_ends = [], []
 
   class Clock(transformers.TrainerCallback):
     def on_train_begin(self, *a, **k):
       ends.append(time.perf_counter())
+      cpu_ends.append(time.process_time())
 
     def on_step_end(self, *a, **k):
       ends.append(time.perf_counter())
+      cpu_ends.append(time.process_time())
 
   with tempfile.TemporaryDirectory() as tmp:
     args = SentenceTransformerTrainingArguments(
@@ -174,7 +200,8 @@ def run_st(batches: dict, threads: int) -> dict:
     trainer.train()
     wall = time.time() - t0
   secs = [b - a for a, b in zip(ends, ends[1:])]
-  rows = [dict(step=i + 1, seconds=t, **st) for i, (t, st) in enumerate(zip(secs, stats))]
+  cpu = [b - a for a, b in zip(cpu_ends, cpu_ends[1:])]
+  rows = [dict(step=i + 1, seconds=t, cpu_seconds=c, **st) for i, (t, c, st) in enumerate(zip(secs, cpu, stats))]
   return dict(trainer="st", rows=rows, train_wall_s=wall, total_wall_s=time.time() - t_start, compile_s=0.0,
               mixed_instruction_columns=mixed,
               versions=dict(sentence_transformers=__import__("sentence_transformers").__version__,
@@ -197,13 +224,17 @@ def run_ours(batches: dict, threads: int, cache: str, extra=()) -> dict:
   with tempfile.TemporaryDirectory() as workdir:
     cmd = ours_command(batches, workdir, cache, extra)
     t0 = time.time()
-    rc, stdout, stderr, rss = run_measured(["taskset", "-c", cpus(threads), *cmd], thread_env(threads))
+    rc, stdout, stderr, rss, cpu = run_measured(["taskset", "-c", cpus(threads), *cmd], thread_env(threads),
+                                                os.path.join(workdir, "metrics.jsonl"))
     wall = time.time() - t0
     if rc:
       raise SystemExit(f"instructor_jax.train failed:\n{stderr[-3000:]}")
     metrics = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   rows = [dict(step=m["step"], seconds=m["step_time_s"], real_tokens=m["real_tokens"],
                computed_tokens=m["computed_tokens"]) for m in metrics]
+  if len(cpu) == len(rows):  # per-step CPU seconds (the first step's count from its line's predecessor: none)
+    for i, row in enumerate(rows[1:], 1):
+      row["cpu_seconds"] = cpu[i] - cpu[i - 1]
   notes = [l for l in (stdout + stderr).splitlines() if l.startswith(("packing:", "compil"))]
   return dict(trainer="ours", rows=rows, total_wall_s=wall, compile_s=metrics[-1]["compile_s"],
               compiles=metrics[-1]["compiles"], peak_rss_gb=rss, command=" ".join(cmd[1:]), notes=notes)
@@ -212,7 +243,9 @@ def run_ours(batches: dict, threads: int, cache: str, extra=()) -> dict:
 def summarise(result: dict) -> dict:
   rows = [r for r in result["rows"] if FIRST <= r["step"] <= LAST]
   rates = [r["real_tokens"] / r["seconds"] for r in rows]
+  cpu_rates = [r["real_tokens"] / r["cpu_seconds"] for r in rows if r.get("cpu_seconds")]
   out = dict(median_real_tokens_per_s=statistics.median(rates) if rates else None,
+             median_real_tokens_per_cpu_s=statistics.median(cpu_rates) if cpu_rates else None,
              median_step_s=statistics.median(r["seconds"] for r in rows) if rows else None,
              real_tokens=sum(r["real_tokens"] for r in result["rows"]),
              computed_tokens=sum(r["computed_tokens"] for r in result["rows"]))
@@ -229,7 +262,7 @@ def run_one(args) -> dict:
   if args.trainer == "st":
     # A pinned child process: torch and its pools start inside the affinity mask.
     with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-      rc, _, stderr, rss = run_measured(["taskset", "-c", cpus(args.threads), sys.executable, "-m", "bench.vs_st",
+      rc, _, stderr, rss, _ = run_measured(["taskset", "-c", cpus(args.threads), sys.executable, "-m", "bench.vs_st",
                                          "st-worker", "--batches", args.batches, "--threads", str(args.threads),
                                          "--result", tmp.name], thread_env(args.threads))
       if rc:
@@ -246,7 +279,8 @@ def run_one(args) -> dict:
     with open(args.out, "w") as f:
       json.dump(dict(result, machine=machine()), f, indent=1)
   s = result["summary"]
-  log(f"{args.trainer} threads={args.threads}: median real tok/s {s['median_real_tokens_per_s']:.0f}, median "
+  log(f"{args.trainer} threads={args.threads}: median real tok/s {s['median_real_tokens_per_s']:.0f} (per CPU s "
+      f"{s['median_real_tokens_per_cpu_s'] or 0:.0f}), median "
       f"step {s['median_step_s']:.2f} s, wall {result['total_wall_s']:.0f} s, compile {result.get('compile_s', 0):.0f} "
       f"s, peak RSS {result['peak_rss_gb']:.2f} GB, real/computed {s['real_over_computed']:.3f}, load "
       f"{result['loadavg_before'][0]:.1f}->{result['loadavg_after'][0]:.1f}")
@@ -267,8 +301,13 @@ def compare(args):
   st = [r["summary"]["median_real_tokens_per_s"] for r in results if r["trainer"] == "st"]
   ours = [r["summary"]["median_real_tokens_per_s"] for r in results if r["trainer"] == "ours"]
   ratios = [o / s for o, s in zip(ours, st)]
+  st_cpu = [r["summary"]["median_real_tokens_per_cpu_s"] for r in results if r["trainer"] == "st"]
+  ours_cpu = [r["summary"]["median_real_tokens_per_cpu_s"] for r in results if r["trainer"] == "ours"]
+  cpu_ratios = [o / s for o, s in zip(ours_cpu, st_cpu) if o and s]
   summary = dict(name=args.name, threads=args.threads, st=st, ours=ours, ratios=ratios,
-                 median_ratio=statistics.median(ratios))
+                 median_ratio=statistics.median(ratios), st_per_cpu_s=st_cpu, ours_per_cpu_s=ours_cpu,
+                 cpu_ratios=cpu_ratios, median_cpu_ratio=statistics.median(cpu_ratios) if cpu_ratios else None,
+                 loadavg=[r["loadavg_before"][0] for r in results])
   with open(os.path.join(args.out, f"{args.name}-t{args.threads}-summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   log(json.dumps(summary))
