@@ -386,9 +386,15 @@ def report(folder) -> str:
                  f"(**{'beats' if gl['beats_pretrained'] else 'does not beat'}** pretrained)."
                  if "gap_pretrained" in gl else "")]
   for k in order:
-    gk = goal(s, k, "ft_noinstr") if k.startswith("ft_instr@") else {}
+    if not k.startswith("ft_instr@"):
+      continue
+    twin = "ft_noinstr@" + k.split("@", 1)[1]
+    other = twin if twin in s else "ft_noinstr"
+    gk = goal(s, k, other)
     if gk:
-      lines.append(f"Ablation `{k}` - ft_noinstr: {100 * gk['gap']:+.2f} points = {gk['gap_in_std']:.1f} std.")
+      lines.append(f"Ablation `{k}` (n={s[k]['n']}) - `{other}` (n={s[other]['n']}): {100 * gk['gap']:+.2f} points"
+                   + ("" if other == twin else " (not like for like: the ablation's ft_noinstr twin is missing)")
+                   + ".")
   lines += ["", "Per run (the trade between notions shows seed by seed):", "",
             "| run | " + " | ".join(NOTION_TASKS) + " | mean |", "|---|" + "---|" * (len(NOTION_TASKS) + 1)]
   for r in sorted(records, key=lambda r: (order.index(r["config"] + ("@" + r["variant"] if r.get("variant") else "")),
