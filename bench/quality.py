@@ -412,7 +412,8 @@ def report(folder) -> str:
       continue
     lines.append(f"| `{k}` | " + " | ".join(_fmt(*g["heldout"][t][:2]) for t in HELDOUT_NAMES)
                  + f" | **{_fmt(*g['heldout_mean'][:2])}** |")
-  lines += ["", "### Timings (seconds per run, mean ± std; 2 CPU cores shared with other engineers' jobs)", "",
+  lines += ["", "### Timings (seconds per run, mean ± std; 2 CPU cores shared with other engineers' jobs; runs with "
+            "--skip-heldout count the notions' evaluation only)", "",
             "| configuration | train (whole trainer process) | evaluation (notions + held-out) |", "|---|---|---|"]
   for k in order:
     g = s[k]
