@@ -364,16 +364,24 @@ def goal(summary, a="ft_instr", b="ft_noinstr", c="pretrained") -> dict:
   return res
 
 
-def report(folder) -> str:
-  records = load_records(folder)
+def _key(r) -> str:
+  return r["config"] + ("@" + r["variant"] if r.get("variant") else "")
+
+
+def report(folder, ablation=None) -> str:
+  """The tables of QUALITY.md: the configurations of ``folder`` (>= 3 seeds each), then the ablation runs of the
+  ``ablation`` folder (kept apart: an ablation may have fewer seeds) beside them."""
+  records = load_records(folder) + (load_records(ablation) if ablation else [])
   s = summarize(records)
   order = [k for k in CONFIGS if k in s] + sorted(k for k in s if k not in CONFIGS)
-  lines = [f"Records: {len(records)} in `{os.path.relpath(folder, REPO)}`; scores x 100, mean ± sample std over "
-           "seeds (n = seeds).", "", "### Conflicting notions (held-out test texts, each with its notion's instruction;"
+  variants = [k for k in order if "@" in k]
+  where = f"`{os.path.relpath(folder, REPO)}`" + (f" and `{os.path.relpath(ablation, REPO)}` (the ablation)"
+                                                   if ablation else "")
+  lines = [f"Records: {len(records)} in {where}; scores x 100, mean ± sample std over seeds (n = seeds).", "", "### Conflicting notions (held-out test texts, each with its notion's instruction;"
            " `ft_noinstr`: none)", "",
            "| configuration | seeds | " + " | ".join(NOTION_TASKS) + " | mean over notions |",
            "|---|---|" + "---|" * (len(NOTION_TASKS) + 1)]
-  for k in order:
+  for k in [k for k in order if k not in variants]:
     g = s[k]
     lines.append(f"| `{k}` | {','.join(map(str, g['seeds']))} | " + " | ".join(_fmt(*g["notions"][t][:2])
                  for t in NOTION_TASKS) + f" | **{_fmt(*g['notions_mean'][:2])}** |")
@@ -385,7 +393,16 @@ def report(folder) -> str:
               + (f" ft_instr - pretrained: {100 * gl['gap_pretrained']:+.2f} points "
                  f"(**{'beats' if gl['beats_pretrained'] else 'does not beat'}** pretrained)."
                  if "gap_pretrained" in gl else "")]
-  for k in order:
+  if variants:
+    lines += ["", "### Ablation (notions only; the same test texts; its seeds are listed)", "",
+              "| configuration | seeds | " + " | ".join(NOTION_TASKS) + " | mean over notions |",
+              "|---|---|" + "---|" * (len(NOTION_TASKS) + 1)]
+    for k in variants:
+      g = s[k]
+      lines.append(f"| `{k}` | {','.join(map(str, g['seeds']))} | " + " | ".join(_fmt(*g["notions"][t][:2])
+                   for t in NOTION_TASKS) + f" | **{_fmt(*g['notions_mean'][:2])}** |")
+    lines.append("")
+  for k in variants:
     if not k.startswith("ft_instr@"):
       continue
     twin = "ft_noinstr@" + k.split("@", 1)[1]
@@ -393,12 +410,13 @@ def report(folder) -> str:
     gk = goal(s, k, other)
     if gk:
       lines.append(f"Ablation `{k}` (n={s[k]['n']}) - `{other}` (n={s[other]['n']}): {100 * gk['gap']:+.2f} points"
+                   + (f" = {gk['gap_in_std']:.1f} x the larger seed std ({100 * gk['spread']:.2f})"
+                      if other == twin and min(s[k]['n'], s[other]['n']) > 1 else "")
                    + ("" if other == twin else " (not like for like: the ablation's ft_noinstr twin is missing)")
                    + ".")
   lines += ["", "Per run (the trade between notions shows seed by seed):", "",
             "| run | " + " | ".join(NOTION_TASKS) + " | mean |", "|---|" + "---|" * (len(NOTION_TASKS) + 1)]
-  for r in sorted(records, key=lambda r: (order.index(r["config"] + ("@" + r["variant"] if r.get("variant") else "")),
-                                          r["seed"])):
+  for r in sorted(records, key=lambda r: (order.index(_key(r)), r["seed"])):
     vals = [r["notions"].get(t) for t in NOTION_TASKS]
     lines.append(f"| `{run_name(r['config'], r['seed'], r.get('variant', ''))}` | "
                  + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in vals)
@@ -443,6 +461,7 @@ def report(folder) -> str:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--report", metavar="RESULTS", help="print the tables computed from a results folder and exit")
+  ap.add_argument("--ablation", metavar="RESULTS", help="with --report: a folder of ablation records, reported apart")
   ap.add_argument("--curve-start", metavar="INSTR_EVAL,NOINSTR_EVAL",
                   help="store the pretrained model's dev scores (two eval outputs: with / without instructions, "
                        "max length 64 as during training) as the curves' step 0 in RESULTS/curve_start.json")
@@ -467,7 +486,7 @@ def main(argv=None):
   ap.add_argument("--curve-seed", type=int, default=0)
   args = ap.parse_args(argv)
   if args.report:
-    print(report(os.path.abspath(args.report)))
+    print(report(os.path.abspath(args.report), os.path.abspath(args.ablation) if args.ablation else None))
     return None
   if args.curve_start:
     return write_curve_start(args.curve_start.split(","), os.path.abspath(args.results), args.commit)

@@ -105,3 +105,19 @@ def test_curve_start_is_step_0_of_the_curves(results, tmp_path):
   start = quality.write_curve_start(outs, folder)
   assert start["ft_noinstr"]["stereoset_label"] == pytest.approx(0.2)
   assert "| 0 | 10.00 | 10.00 | 10.00 | 10.00 | 10.00 |" in quality.report(folder)
+
+
+def test_ablation_folder_is_reported_apart(results, tmp_path):
+  folder, _ = results
+  abl = tmp_path / "ablation"
+  abl.mkdir()
+  for seed in (0, 1):
+    for config, score in (("ft_instr", 0.9), ("ft_noinstr", 0.6 + 0.1 * seed)):
+      r = _record(config, seed, [score] * 4, variant="num_train_steps=200")
+      (abl / f"{quality.run_name(config, seed, r['variant'])}.json").write_text(json.dumps(r))
+  md = quality.report(folder, str(abl))
+  main, ablation = md.split("### Ablation", 1)
+  assert "@num_train_steps=200" not in main.split("Per run")[0]  # the main table holds the >= 3-seed configurations
+  assert "| `ft_instr@num_train_steps=200` | 0,1 | 90.00 ± 0.00 |" in ablation
+  assert ("Ablation `ft_instr@num_train_steps=200` (n=2) - `ft_noinstr@num_train_steps=200` (n=2): +25.00 points = "
+          "3.5 x the larger seed std (7.07).") in ablation
