@@ -167,4 +167,6 @@ def test_remat_saves_memory(remat):
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     return jax.jit(jax.grad(loss)).lower(params, tokens, key).compile().memory_analysis().temp_size_in_bytes
   none, saved = temp_bytes("none"), temp_bytes(remat)
-  assert saved < 0.5 * none, (remat, saved, none)
+  # Measured (jax 0.10.2, CPU): dots 0.55x and full 0.36x of none (217 / 142 of 397 MB); with threefry dropout masks
+  # (flax nn.Dropout) none was 649 MB and dots 0.43x. The bug this guards against kept every activation (~1.0x).
+  assert saved < {"dots": 0.65, "full": 0.5}[remat] * none, (remat, saved, none)
