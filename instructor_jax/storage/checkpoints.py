@@ -204,14 +204,7 @@ class Checkpointer:
 
   def newest_meta(self) -> dict | None:
     """The meta item of the newest step that has a readable one (what a resume compares its config with)."""
-    for step in sorted(self.mgr.all_steps(), reverse=True):
-      try:
-        meta = self.mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-      except Exception:  # a damaged step: restore_latest reports it
-        continue
-      if meta is not None:
-        return dict(meta)
-    return None
+    return _newest_meta(self.mgr)
 
   def restore_latest(self, abstract_params, abstract_train, log=print):
     """``(step, (params, train, data_state, meta))`` of the newest intact step, or ``(None, None)`` when there is no
@@ -300,20 +293,25 @@ def latest_step(workdir: str) -> int | None:
     mgr.close()
 
 
+def _newest_meta(mgr) -> dict | None:
+  """The meta item (plus its ``step``) of the newest step of ``mgr`` that has a readable one; None if none."""
+  for step in sorted(mgr.all_steps(), reverse=True):
+    try:
+      meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception:  # noqa: BLE001 -- a damaged step (restore_latest reports it): the next older one
+      continue
+    if meta is not None:
+      return dict(meta, step=int(step))
+  return None
+
+
 def newest_meta(workdir: str) -> dict | None:
   """The meta item of ``workdir``'s newest step with a readable one (read only, no arrays); None if none."""
   if not paths.isdir(workdir):
     return None
   mgr = manager(workdir, max_to_keep=None, async_save=False, read_only=True)
   try:
-    for step in sorted(mgr.all_steps(), reverse=True):
-      try:
-        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-      except Exception:  # noqa: BLE001 -- a damaged step: the next older one
-        continue
-      if meta is not None:
-        return dict(meta, step=int(step))
-    return None
+    return _newest_meta(mgr)
   finally:
     mgr.close()
 

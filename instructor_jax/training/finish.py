@@ -39,9 +39,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, source: str | None
   """Evaluates the final checkpoint (or ``source``) on ``config.eval.data_dir``, every example of ``eval.tasks``;
   returns the results folder, ``WORKDIR/eval``."""
   from instructor_jax.evaluation import runner
+  from instructor_jax.training import periodic_eval
   out = paths.join(workdir, "eval")
-  tasks = [t for t in str(config.eval.tasks or "").split(",") if t.strip()]
-  result = runner.evaluate(source or workdir, data_dir=config.eval.data_dir, output=out, tasks=tasks,
+  result = runner.evaluate(source or workdir, data_dir=config.eval.data_dir, output=out,
+                           tasks=periodic_eval.suite_tasks(config),
                            max_length=int(config.data.max_doc_length), no_instructions=config.eval.no_instructions)
   if result["failed"]:
     raise errors.DataError(f"evaluation of {workdir} failed: "

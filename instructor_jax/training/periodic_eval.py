@@ -32,15 +32,20 @@ def best_dir(workdir: str) -> str:
   return paths.join(workdir, "best")
 
 
-def metric_key(row: dict) -> str:
+def metric_key(task: str, main_score: str) -> str:
   """The metrics name of one task's main score: ``eval/<task>/<main_score>``."""
-  return f"eval/{row['task']}/{row['metric']}"
+  return f"eval/{task}/{main_score}"
+
+
+def suite_tasks(config) -> list[str]:
+  """``config.eval.tasks`` as a list (names, types or folders of ``eval.data_dir``'s tasks; [] = all)."""
+  return [t.strip() for t in str(config.eval.tasks or "").split(",") if t.strip()]
 
 
 class PeriodicEval:
   """``due(step)`` / ``__call__(step, params)``; built by the trainer when ``config.eval.every_steps > 0``."""
 
-  def __init__(self, config, workdir: str, spec, writer, log=None):
+  def __init__(self, config, workdir: str, spec, writer, meta: dict, log=None):
     from instructor_jax.data.tokenization import Tokenizer
     from instructor_jax.evaluation import runner
     ec = config.eval
@@ -48,18 +53,18 @@ class PeriodicEval:
     self.workdir, self.spec, self.writer = workdir, spec, writer
     self.log = log or (lambda m: None)
     self.data_dir = ec.data_dir
-    self.tasks = [t.strip() for t in str(ec.tasks or "").split(",") if t.strip()]
+    self.tasks = suite_tasks(config)
     self.max_examples = int(ec.max_examples)
     self.split = str(ec.during_split)
     self.no_instructions = bool(ec.no_instructions)
     self.keep_best = str(ec.keep_best or "")
-    self.meta = None  # the checkpoint meta, for keep_best saves (set by the trainer)
+    self.meta = meta  # the run's checkpoint meta, written with keep_best's saves
     self.max_length = max(int(config.data.max_query_length), int(config.data.max_doc_length))
     self.tokenizer = Tokenizer.from_pretrained(spec.tokenizer_dir, max_length=self.max_length)
     # Read (and check) the suite now: a bad task folder or metric fails before the first step, on every process.
     selected = runner.local_tasks(paths.local_copy(self.data_dir) if paths.scheme(self.data_dir) else self.data_dir,
                                   self.split, self.tasks, self.max_examples)
-    names = [AVERAGE] + [f"eval/{t.metadata.name}/{t.metadata.main_score}" for _, t in selected]
+    names = [AVERAGE] + [metric_key(t.metadata.name, t.metadata.main_score) for _, t in selected]
     if self.keep_best and self.keep_best not in names:
       raise errors.ConfigError(f"--config.eval.keep_best={self.keep_best!r}: not a score of the evaluation suite; "
                                f"one of {', '.join(names)}")
@@ -113,7 +118,7 @@ class PeriodicEval:
     if result["failed"]:
       raise errors.DataError(f"evaluation at step {step} failed: "
                              + "; ".join(f"{task}: {err}" for task, err in result["failed"]))
-    out = {metric_key(r): float(r["score"]) for r in result["rows"]}
+    out = {metric_key(r["task"], r["metric"]): float(r["score"]) for r in result["rows"]}
     out[AVERAGE] = float(np.mean([r["score"] for r in result["rows"]]))
     return out
 
@@ -127,7 +132,7 @@ class PeriodicEval:
       better = bool(multihost_utils.broadcast_one_to_all(np.int32(better)))
     if not better:
       return
-    meta = dict(self.meta or self.spec.meta(), tokenizer_dir=self.spec.tokenizer_dir,
+    meta = dict(self.meta, tokenizer_dir=self.spec.tokenizer_dir,
                 eval=dict(metric=self.keep_best, score=score, step=int(step)))
     checkpoints.save_params(best_dir(self.workdir), jax.device_get(model_params), meta, step=step, max_to_keep=1)
     self.best_score = score

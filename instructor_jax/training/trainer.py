@@ -350,8 +350,7 @@ def loop(config, workdir: str, s: Setup, ckpt, guard, state, start: int, stream,
   compiler = StepCompiler(s.p_step, abstract, s.batch_shardings)
   evaluator = None
   if int(config.eval.every_steps):  # reads and checks the suite before the first step
-    evaluator = periodic_eval.PeriodicEval(config, workdir, s.spec, writer, log)
-    evaluator.meta = meta
+    evaluator = periodic_eval.PeriodicEval(config, workdir, s.spec, writer, meta, log)
 
   def save(step):
     ckpt.save(step, state["params"], dict(opt_state=state["opt_state"], rng=state["rng"], step=state["step"]),
