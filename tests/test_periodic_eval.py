@@ -65,6 +65,8 @@ def test_evaluate_max_examples_scores_a_subset_and_says_so(tmp_path):
   with open(os.path.join(out["output"], out["rows"][0]["result"])) as f:
     result = json.load(f)
   assert result["dataset_revision"].endswith("-max10")
+  (_, task), = runner.local_tasks(STS, max_examples=10)  # what was scored: 10 of the fixture's 40 pairs
+  assert len(task.dataset["test"]) == 10
   with pytest.raises(errors.ConfigError, match="max-examples"):
     runner.evaluate(TINY, data_dir=STS, output=str(tmp_path / "f"), max_examples=-1)
 
