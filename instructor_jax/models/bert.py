@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from instructor_jax.models import ops
 from instructor_jax.models.t5 import Dropout, run_layers
 
 Dtype = Any
@@ -130,7 +131,7 @@ class BertConfig:
 
 def activation(name: str):
   if name in EXACT_GELU:
-    return functools.partial(jax.nn.gelu, approximate=False)
+    return ops.gelu
   if name in TANH_GELU:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     return functools.partial(jax.nn.gelu, approximate=True)
   return jax.nn.relu
@@ -178,7 +179,7 @@ class Linear(nn.Module):
     kernel = self.param("kernel", init, self.shape, self.param_dtype)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[-self.out_axes:]),
                       self.shape[-self.out_axes:], self.param_dtype)
-    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    y = ops.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
     return y + bias.astype(self.dtype)
 
 
@@ -211,9 +212,10 @@ class Block(nn.Module):
     drop = Dropout(cfg.hidden_dropout_prob)
     y = SelfAttention(cfg, name="attention")(x, mask_bias, deterministic)
     x = norm(name="attention_norm")(x + drop(y, deterministic=deterministic))
-    y = lin((cfg.d_model, cfg.d_ff), ("embed", "mlp"), 1, "bld,df->blf", name="wi")(x)
-    y = nn.with_logical_constraint(activation(cfg.hidden_act)(y), ("batch", "length", "mlp"))
-    y = lin((cfg.d_ff, cfg.d_model), ("mlp", "embed"), 1, "blf,fd->bld", name="wo")(y)
+    # The MLP on the [tokens, d] view: XLA:CPU fuses the bias and GELU into fewer passes than on [B, L, d_ff].
+    y = lin((cfg.d_model, cfg.d_ff), ("embed", "mlp"), 1, "nd,df->nf", name="wi")(x.reshape(-1, cfg.d_model))
+    y = nn.with_logical_constraint(activation(cfg.hidden_act)(y), ("batch", "mlp"))
+    y = lin((cfg.d_ff, cfg.d_model), ("mlp", "embed"), 1, "nf,fd->nd", name="wo")(y).reshape(x.shape)
     x = norm(name="mlp_norm")(x + drop(y, deterministic=deterministic))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from instructor_jax.models import ops
+
 Dtype = Any
 
 
@@ -195,7 +197,7 @@ class Projection(nn.Module):
   def __call__(self, x):
     init = nn.with_logical_partitioning(_dense_init(lambda s: self.std), self.axes)
     kernel = self.param("kernel", init, self.shape, self.param_dtype)
-    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype),
+    return ops.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype),
                       precision=matmul_precision(self.dtype))
 
 
@@ -260,7 +262,7 @@ class FeedForward(nn.Module):
   def __call__(self, x, deterministic: bool):
     cfg = self.config
     dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                              precision=matmul_precision(cfg.dtype))
+                              precision=matmul_precision(cfg.dtype), dot_general=ops.dot_general)
     wi_init = nn.with_logical_partitioning(_dense_init(lambda s: cfg.d_model ** -0.5), ("embed", "mlp"))
     if cfg.gated:
       # gelu_new is the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).

@@ -93,7 +93,7 @@ def make_packer(config, mesh, model_cfg) -> packing.Packer | None:
 
 # One attended (query, key) pair costs, per head, 4 * d_kv matmul FLOPs plus about this many FLOP-equivalents of
 # elementwise work (mask, softmax, dropout, forward and backward), which runs far below matmul speed on CPU.
-ATTENTION_ELEMENTWISE_FLOPS = 640
+ATTENTION_ELEMENTWISE_FLOPS = 340
 
 
 def attention_tokens(cfg) -> float:
