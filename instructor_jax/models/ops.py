@@ -86,10 +86,14 @@ _SQRT_HALF = 2 ** -0.5             # Python floats: weakly typed, so bf16 stays 
 _INV_SQRT_2PI = (2 * math.pi) ** -0.5
 
 
+def _cdf(x):
+  return 0.5 + 0.5 * jax.lax.erf(x * _SQRT_HALF)
+
+
 @jax.custom_vjp
 def gelu(x):
   """The exact (erf) GELU, ``0.5 x (1 + erf(x / sqrt 2))`` (torch's ``gelu``)."""
-  return x * (0.5 + 0.5 * jax.lax.erf(x * _SQRT_HALF))
+  return x * _cdf(x)
 
 
 def _gelu_fwd(x):
@@ -97,9 +101,7 @@ def _gelu_fwd(x):
 
 
 def _gelu_bwd(x, g):
-  cdf = 0.5 + 0.5 * jax.lax.erf(x * _SQRT_HALF)
-  pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
-  return (g * (cdf + x * pdf),)
+  return (g * (_cdf(x) + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)),)
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
