@@ -117,12 +117,16 @@ def machine() -> dict:
   import platform
   info = dict(python=platform.python_version(), cpus_online=os.cpu_count(),
               cpus_used=len(os.sched_getaffinity(0)), loadavg=os.getloadavg())
-  try:
+  try:  # "AMD EPYC" alone hides the generation: family / model and the widest vector unit say which core it was
+    fields = {}
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
-          info["cpu"] = line.split(":", 1)[1].strip()
-          break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    info["cpu"] = fields.get("model name", "")
+    info["cpu_family_model"] = f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}"
+    flags = fields.get("flags", "").split()
+    info["cpu_vector"] = "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "other")
   except OSError:
     pass
   try:

@@ -45,14 +45,19 @@ def _time(fn, reps):
   return out
 
 
-def gemm_rates(c: dict, reps: int) -> list:
+def gemm_rates(c: dict, reps: int, tokens: int = 1024, weight_grads: bool = False) -> list:
+  """The model's matmuls ``[tokens, d] x [d, d_ff]``, ``[tokens, d_ff] x [d_ff, d]``, ``[tokens, d] x [d, heads x
+  d_kv]``; with ``weight_grads`` also the training step's weight gradients (``x^T g``: the token axis contracted)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   import torch
   rows = []
-  d, ff = c["d_model"], c["d_ff"]
-  for m, k, n in ((1024, d, ff), (1024, ff, d), (1024, d, c["num_heads"] * c["d_kv"])):
+  d, ff, hk = c["d_model"], c["d_ff"], c["num_heads"] * c["d_kv"]
+  shapes = [(tokens, d, ff), (tokens, ff, d), (tokens, d, hk)]
+  if weight_grads:
+    shapes += [(d, tokens, ff), (ff, tokens, d), (d, tokens, hk)]
+  for m, k, n in shapes:
     a, b = np.random.default_rng(0).standard_normal((2, max(m, k), max(k, n)), dtype=np.float32)
     a, b = a[:m, :k].copy(), b[:k, :n].copy()
     ja, jb = jnp.asarray(a), jnp.asarray(b)

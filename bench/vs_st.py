@@ -1,8 +1,10 @@
 """instructor_jax vs sentence-transformers 6.2's SentenceTransformerTrainer: same model, same 40 batches (issue 23).
 
+    python -m bench.vs_st longmix --out LONG.jsonl                               # the long-text mix (../shared)
     python -m bench.vs_st batches --medi MIX.jsonl --out DIR/batches.json        # the steps' record ids (preview)
     python -m bench.vs_st run --trainer ours|st --batches DIR/batches.json --threads 1 --out DIR/ours-1.json
     python -m bench.vs_st compare --medi MIX.jsonl --threads 1 --pairs 2 --out DIR     # alternates ST / ours
+    python -m bench.vs_st gemm --out DIR/gemm.json            # this core's fp32 GEMM ceiling: torch vs XLA, 1 thread
 
 The first thing to know: instructor_jax runs as users run it, ``python -m instructor_jax.train --config
 configs/quality_minilm.py`` with only the issue's overrides (batch 32, lengths 512, the mix, 40 steps, a log line
@@ -104,6 +106,27 @@ def minilm() -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # The batches
 # ----------------------------------------------------------------------------------------------------------------
+LONG_TASKS = ("scifact_train_claim_evidence", "banking77_train_same_intent")
+
+
+def build_long_mix(out: str) -> str:
+  """The long-text mix: the derived MEDI set's SciFact (claim -> evidence abstract, 256 words a pair on average) and
+  Banking77 tasks, where padding each column to its longest costs ST most (``python -m bench.packing mix`` is the
+  short-text one)."""
+  from bench.packing import DERIVED
+  if not os.path.exists(DERIVED):
+    raise SystemExit(f"{DERIVED} is missing: the long mix is built from ../shared/data (see its README)")
+  with open(DERIVED) as f:
+    records = [r for r in json.load(f) if r["task_name"] in LONG_TASKS]
+  tmp = out + ".tmp"
+  with open(tmp, "w") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  os.replace(tmp, out)
+  log(f"{out}: {len(records)} records of {', '.join(LONG_TASKS)}")
+  return out
+
+
 def make_batches(medi: str, steps: int, out: str, global_batch: int = 32, seed: int = 0) -> dict:
   """Each step's task and record ids, from ``python -m instructor_jax.data preview --json`` (the trainer's stream:
   the config's defaults, proportional sampling, positives deduplicated, invalid records skipped)."""
@@ -287,6 +310,20 @@ def run_one(args) -> dict:
   return result
 
 
+def gemm_ceiling(out: str, reps: int = 7) -> dict:
+  """fp32 GFLOP/s of MiniLM's matmuls in a 3,072-token step (forward and weight-gradient shapes), torch (MKL) and
+  XLA:CPU on one pinned thread (``bench.roofline.gemm_rates``): what any trainer's matmuls reach on this core, the
+  ceiling BENCHMARKS.md argues from."""
+  from bench import roofline, set_threads, torch_threads
+  torch_threads(set_threads(1))
+  minilm_shape = dict(d_model=384, d_ff=1536, num_heads=12, d_kv=32)
+  result = dict(threads=1, machine=machine(), gemm=roofline.gemm_rates(minilm_shape, reps, 3072, weight_grads=True))
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
 def compare(args):
   os.makedirs(args.out, exist_ok=True)
   batches = os.path.join(args.out, f"batches-{args.name}.json")
@@ -316,6 +353,8 @@ def compare(args):
 def main(argv=None):
   ap = argparse.ArgumentParser(prog="python -m bench.vs_st", description=__doc__.split("\n\n")[0])
   sub = ap.add_subparsers(dest="cmd", required=True)
+  lm = sub.add_parser("longmix", help="the long-text mix (SciFact + Banking77 of the derived set)")
+  lm.add_argument("--out", required=True)
   b = sub.add_parser("batches", help="each step's record ids (instructor_jax.data preview)")
   b.add_argument("--medi", required=True)
   b.add_argument("--out", required=True)
@@ -337,8 +376,14 @@ def main(argv=None):
   c.add_argument("--pairs", type=int, default=2)
   c.add_argument("--cache", default="")
   c.add_argument("--out", required=True)
+  g = sub.add_parser("gemm", help="this core's fp32 GEMM GFLOP/s, torch vs XLA:CPU, one pinned thread")
+  g.add_argument("--out", required=True)
   args = ap.parse_args(argv)
-  if args.cmd == "batches":
+  if args.cmd == "gemm":
+    gemm_ceiling(args.out)
+  elif args.cmd == "longmix":
+    build_long_mix(args.out)
+  elif args.cmd == "batches":
     make_batches(args.medi, args.steps, args.out)
   elif args.cmd == "run":
     run_one(args)

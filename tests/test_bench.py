@@ -55,6 +55,15 @@ def test_roofline_runs(tmp_path):
   assert "encode ratio ceiling" in p.stdout
 
 
+def test_gemm_rates_cover_the_weight_gradients():
+  """``gemm_rates(..., weight_grads=True)`` (``python -m bench.vs_st gemm``) adds the three ``x^T g`` shapes, the
+  token axis contracted, after the forward ones."""
+  from bench.roofline import gemm_rates
+  rows = gemm_rates(dict(d_model=8, d_ff=16, num_heads=2, d_kv=4), 1, tokens=32, weight_grads=True)
+  assert [r["shape"] for r in rows] == [[32, 8, 16], [32, 16, 8], [32, 8, 8], [8, 32, 16], [16, 32, 8], [8, 32, 8]]
+  assert all(r["xla_gflops"]["median"] > 0 and r["torch_gflops"]["median"] > 0 for r in rows)
+
+
 def test_stats_and_collectives():
   from bench import stats
   from bench.memory import collectives

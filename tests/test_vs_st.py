@@ -32,3 +32,18 @@ def test_summary_uses_steps_11_to_40_and_cpu_seconds():
 
 def test_cpu_seconds_of_a_process():
   assert 0.0 <= vs_st.cpu_seconds(os.getpid()) < 1e6
+
+
+def test_long_mix_keeps_only_the_long_tasks(tmp_path, monkeypatch):
+  """The long mix is the derived set's SciFact and Banking77 records, unchanged and in file order (JSON lines)."""
+  import json
+  from bench import packing
+  recs = [dict(query=["q: ", f"t{i}"], pos=["d: ", "p"], neg=["d: ", "n"], task_name=name)
+          for i, name in enumerate(["scifact_train_claim_evidence", "stsb_train_paraphrase",
+                                    "banking77_train_same_intent", "msrp_train_paraphrase"])]
+  derived = tmp_path / "derived.json"
+  derived.write_text(json.dumps(recs))
+  monkeypatch.setattr(packing, "DERIVED", str(derived))
+  out = tmp_path / "long.jsonl"
+  vs_st.build_long_mix(str(out))
+  assert [json.loads(line) for line in out.read_text().splitlines()] == [recs[0], recs[2]]
