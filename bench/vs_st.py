@@ -5,6 +5,7 @@
     python -m bench.vs_st run --trainer ours|st --batches DIR/batches.json --threads 1 --out DIR/ours-1.json
     python -m bench.vs_st compare --medi MIX.jsonl --threads 1 --pairs 2 --out DIR     # alternates ST / ours
     python -m bench.vs_st gemm --out DIR/gemm.json            # this core's fp32 GEMM ceiling: torch vs XLA, 1 thread
+    python -m bench.vs_st profile --rows 48 --length 64 --out DIR/profile.json   # where one step's time goes
 
 The first thing to know: instructor_jax runs as users run it, ``python -m instructor_jax.train --config
 configs/quality_minilm.py`` with only the issue's overrides (batch 32, lengths 512, the mix, 40 steps, a log line
@@ -29,6 +30,7 @@ BENCHMARKS.md ("vs sentence-transformers") has the commands and results.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -324,6 +326,65 @@ def gemm_ceiling(out: str, reps: int = 7) -> dict:
   return result
 
 
+def thunk_ms(trace) -> collections.Counter:
+  """Milliseconds per XLA:CPU thunk kind (``ynn_fusion.12`` -> ``ynn_fusion``) in a perfetto trace's complete
+  events, leaving out Python frames (``$...``) and the executor / dispatch spans that enclose the thunks."""
+  kinds = collections.Counter()
+  for e in trace["traceEvents"] if isinstance(trace, dict) else trace:
+    name = e.get("name", "")
+    if e.get("ph") == "X" and not name.startswith(("$", "Thunk", "Pjit", "Common", "ParseArguments")):
+      kinds[name.split(".")[0]] += e.get("dur", 0) / 1e3
+  return kinds
+
+
+def step_profile(rows: int, length: int, out: str) -> dict:
+  """One MiniLM train step of ``rows x length`` packed tokens (segments of 32, the issue's config, random weights),
+  AOT-compiled and run twice, then a third run under ``jax.profiler``: milliseconds per XLA:CPU thunk kind (the op
+  name before its first dot: ``ynn_fusion`` / ``dot`` are the matmuls, the rest element-wise work), on one pinned
+  thread."""
+  import glob
+  import gzip
+  from bench import set_threads
+  set_threads(1)
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import jax
+  import numpy as np
+  import quality_minilm
+  from instructor_jax.training import sharding, trainer
+  config = quality_minilm.get_config()
+  config.global_batch_size, config.data.max_query_length, config.data.max_doc_length = 32, 512, 512
+  jax.config.update("jax_enable_compilation_cache", False)
+  setup = trainer.setup(config, load_weights=False)
+  shapes = trainer.batch_shapes(config, setup.packer, rows, length)
+  exe = trainer.StepCompiler(setup.p_step, setup.abstract, setup.batch_shardings).lower(shapes).compile()
+  state = trainer.create_state(setup.spec, setup.tx, config, setup.abstract, setup.shardings)
+  segments = np.repeat(np.arange(1, length // 32 + 1, dtype=np.int32), 32)[None].repeat(rows, 0)
+  batch = dict(tokens=np.random.default_rng(0).integers(1000, 20000, (rows, length), dtype=np.int32),
+               segment_ids=segments, pool_ids=segments,
+               slot_seq=np.full(shapes["slot_seq"], setup.packer.num_seqs, np.int32))  # slots empty: same work
+  batch = sharding.global_batch(setup.mesh, batch)
+  for _ in range(2):
+    state, metrics = exe(state, batch)
+    jax.block_until_ready(metrics)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      t0 = time.process_time()
+      state, metrics = exe(state, batch)
+      jax.block_until_ready(metrics)
+      step_s = time.process_time() - t0
+    with gzip.open(glob.glob(f"{trace_dir}/**/*perfetto_trace.json.gz", recursive=True)[0]) as f:
+      events = json.load(f)
+  kinds = thunk_ms(events)
+  matmul_ms = kinds["ynn_fusion"] + kinds["dot"]
+  result = dict(rows=rows, length=length, step_cpu_s=step_s, thunk_ms=dict(kinds.most_common()),
+                matmul_ms=matmul_ms, all_thunks_ms=sum(kinds.values()), machine=machine())
+  log(f"({rows}, {length}) step {step_s:.2f} s CPU; matmul thunks {matmul_ms:.0f} ms of {sum(kinds.values()):.0f}")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
 def compare(args):
   os.makedirs(args.out, exist_ok=True)
   batches = os.path.join(args.out, f"batches-{args.name}.json")
@@ -378,9 +439,15 @@ def main(argv=None):
   c.add_argument("--out", required=True)
   g = sub.add_parser("gemm", help="this core's fp32 GEMM GFLOP/s, torch vs XLA:CPU, one pinned thread")
   g.add_argument("--out", required=True)
+  pr = sub.add_parser("profile", help="one MiniLM step's time per XLA:CPU thunk kind, one pinned thread")
+  pr.add_argument("--rows", type=int, default=48)
+  pr.add_argument("--length", type=int, default=64)
+  pr.add_argument("--out", required=True)
   args = ap.parse_args(argv)
   if args.cmd == "gemm":
     gemm_ceiling(args.out)
+  elif args.cmd == "profile":
+    step_profile(args.rows, args.length, args.out)
   elif args.cmd == "longmix":
     build_long_mix(args.out)
   elif args.cmd == "batches":

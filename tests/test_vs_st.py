@@ -47,3 +47,13 @@ def test_long_mix_keeps_only_the_long_tasks(tmp_path, monkeypatch):
   out = tmp_path / "long.jsonl"
   vs_st.build_long_mix(str(out))
   assert [json.loads(line) for line in out.read_text().splitlines()] == [recs[0], recs[2]]
+
+
+def test_thunk_ms_sums_thunks_by_kind():
+  """Per-kind milliseconds of a perfetto trace: numbered thunks merged, enclosing spans and Python frames left out."""
+  trace = {"traceEvents": [
+      dict(ph="X", name="ynn_fusion.1", dur=2000), dict(ph="X", name="ynn_fusion.7", dur=500),
+      dict(ph="X", name="dot.3", dur=1000), dict(ph="X", name="add_multiply_fusion.2", dur=250),
+      dict(ph="X", name="ThunkExecutor::Execute", dur=9000), dict(ph="X", name="$api.py:1 block_until_ready", dur=9000),
+      dict(ph="i", name="dot.4", dur=7000)]}
+  assert vs_st.thunk_ms(trace) == {"ynn_fusion": 2.5, "dot": 1.0, "add_multiply_fusion": 0.25}
